@@ -1,0 +1,1 @@
+"""Data layer: official formats -> VideoRecord -> clips. Never imports the model."""
