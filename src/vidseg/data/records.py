@@ -99,6 +99,8 @@ class FrameLabels:
     masks: dict[int, np.ndarray]
     semantic: np.ndarray | None = None
     void: np.ndarray | None = None
+    # Convention for panoptic formats: `masks` holds thing tracks only; stuff lives in `semantic`; pixels of
+    # a thing class in `semantic` that no track mask covers are crowd (e.g. KITTI-STEP instance 0).
 
 
 LabelMapDecoder = Callable[[Path], FrameLabels]
@@ -338,20 +340,54 @@ class Batch:
         return self.frames.shape[0]
 
 
+PAD_VALUE = 128  # frame padding (TarViS pads with 128 on the 0-255 scale)
+
+
+def _pad_to(x: torch.Tensor, h: int, w: int, value: float | bool) -> torch.Tensor:
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    if ph == 0 and pw == 0:
+        return x
+    out = x.new_full((*x.shape[:-2], h, w), value)
+    out[..., : x.shape[-2], : x.shape[-1]] = x
+    return out
+
+
 def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
-    """Stack frames of same-sized clips into a Batch; targets stay per sample (their N differ)."""
+    """Pad clips bottom/right to the largest H, W of the batch (frames with PAD_VALUE, masks False,
+    semantic IGNORE_LABEL, pad_mask False) and stack frames; targets stay per sample (their N differ)."""
     if not samples:
         raise ClipSamplingError("collate_clips: empty list of samples")
     datasets = {s.dataset for s in samples}
     if len(datasets) != 1:
         raise ClipSamplingError(f"collate_clips: one dataset per batch expected, got {sorted(datasets)}")
-    shapes = {tuple(s.frames.shape) for s in samples}
-    if len(shapes) != 1:
-        raise ClipSamplingError(f"collate_clips: clips of different shapes {sorted(shapes)} in one batch")
+    lengths = {s.frames.shape[0] for s in samples}
+    if len(lengths) != 1:
+        raise ClipSamplingError(f"collate_clips: clips of different lengths {sorted(lengths)} in one batch")
+    h = max(s.frames.shape[-2] for s in samples)
+    w = max(s.frames.shape[-1] for s in samples)
+    padded = []
+    for s in samples:
+        if s.frames.shape[-2:] != (h, w):
+            s = ClipSample(
+                frames=_pad_to(s.frames, h, w, PAD_VALUE),
+                masks=_pad_to(s.masks, h, w, False),
+                track_ids=s.track_ids,
+                class_ids=s.class_ids,
+                pad_mask=_pad_to(s.pad_mask, h, w, False),
+                semantic=None if s.semantic is None else _pad_to(s.semantic, h, w, IGNORE_LABEL),
+                points=s.points,
+                prompt_frames=s.prompt_frames,
+                iscrowd=s.iscrowd,
+                video_id=s.video_id,
+                dataset=s.dataset,
+                frame_indices=s.frame_indices,
+                orig_size=s.orig_size,
+            )
+        padded.append(s)
     return Batch(
         task=task,
-        dataset=samples[0].dataset,
-        frames=torch.stack([s.frames for s in samples]),
-        pad_mask=torch.stack([s.pad_mask for s in samples]),
-        samples=list(samples),
+        dataset=padded[0].dataset,
+        frames=torch.stack([s.frames for s in padded]),
+        pad_mask=torch.stack([s.pad_mask for s in padded]),
+        samples=padded,
     )
