@@ -1,0 +1,1 @@
+"""Inference: clip streaming, stitching, resizing predictions back to the original frames."""

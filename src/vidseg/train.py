@@ -1,0 +1,54 @@
+"""`python -m vidseg.train task=vis` — train the shared model on one task (or `task=multi`), validate with
+the official metric, write `metrics.json` into the run dir. Thin entry point: everything is built from config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from vidseg.utils.run import build_run, close_loggers, resolve_ckpt_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Build data, model, tasks and trainer from `cfg`; fit; validate; return the final metrics."""
+    run = build_run(cfg)
+    trainer, module, datamodule = run.trainer, run.module, run.datamodule
+    ckpt = resolve_ckpt_path(cfg)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        metrics: dict[str, Any] = {}
+        if cfg.get("validate", True) and datamodule.val_names():
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            metrics = module.final_metrics
+        out_dir = Path(cfg.paths.output_dir)
+        write_json_atomic(out_dir / "metrics.json", metrics)
+        log.info("final metrics: %s", json.dumps(metrics))
+        return metrics
+    finally:
+        close_loggers(trainer)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if cfg.get("print_config", True):
+        from vidseg.utils.run import print_config
+
+        print_config(cfg)
+    metrics = train(cfg)
+    key = cfg.get("optimized_metric")
+    if key:
+        return float(OmegaConf.select(OmegaConf.create(metrics), key))
+    return None
+
+
+if __name__ == "__main__":
+    main()
