@@ -85,7 +85,8 @@ class PositionEmbeddingSine(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pos = sine_position_2d(x.shape[-2], x.shape[-1], 2 * self.num_pos_feats, device=x.device,
-                               dtype=x.dtype, temperature=self.temperature, normalize=self.normalize, scale=self.scale)
+                               dtype=x.dtype, temperature=self.temperature, normalize=self.normalize,
+                               scale=self.scale)
         return pos.expand(x.shape[0], -1, -1, -1)
 
 
