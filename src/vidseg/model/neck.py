@@ -242,7 +242,7 @@ class TemporalNeck(nn.Module):
             xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
             refs.append(torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2))
             if self.layers[0].window is not None:
-                pos3d = sine_position_3d(frames, h, w, d, device=device).permute(0, 1, 3, 4, 2)  # [1,T,h,w,d]
+                pos3d = sine_position_3d(frames, h, w, d, device=device, channels_last=True)[None]
                 pos_windows.append(window_partition(pos3d + self.level_embed_3d[level], self.cells[level]))
         reference_points = torch.cat(refs, 0)[None, :, None, :].expand(1, -1, len(spatial_shapes), 2)
         windows = torch.cat(pos_windows, dim=1).to(dtype) if pos_windows else None

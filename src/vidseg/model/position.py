@@ -64,13 +64,24 @@ def sine_position_3d(
     temperature: float = 10000.0,
     normalize: bool = True,
     scale: float = 2 * math.pi,
+    channels_last: bool = False,
 ) -> Tensor:
-    """3D sine encoding [1, T, channels, H, W] = cat(y, x) encoding + a full-width t encoding (TarViS)."""
+    """3D sine encoding = cat(y, x) encoding + a full-width t encoding (TarViS/VITA).
+
+    Returns [1, T, channels, H, W], or [T, H, W, channels] with ``channels_last=True`` (token layout).
+    """
     device = torch.device(device) if device is not None else torch.device("cpu")
-    spatial = sine_position_2d(height, width, channels, device=device, temperature=temperature,
-                               normalize=normalize, scale=scale)  # [1, C, H, W]
+    num_feats = channels // 2
+    if channels % 2:
+        raise ValueError(f"sine_position_3d needs an even channel count, got {channels}")
+    pos_y = _sine_features(_axis_coords(height, normalize, scale, device), num_feats, temperature)  # [H, F]
+    pos_x = _sine_features(_axis_coords(width, normalize, scale, device), num_feats, temperature)  # [W, F]
     pos_t = _sine_features(_axis_coords(frames, normalize, scale, device), channels, temperature)  # [T, C]
-    pos = spatial[:, None] + pos_t[None, :, :, None, None]
+    spatial = torch.cat([pos_y[:, None, :].expand(height, width, num_feats),
+                         pos_x[None, :, :].expand(height, width, num_feats)], dim=-1)  # [H, W, C]
+    pos = spatial[None] + pos_t[:, None, None, :]  # [T, H, W, C]
+    if not channels_last:
+        pos = pos.permute(0, 3, 1, 2).unsqueeze(0)
     return pos.to(dtype).contiguous()
 
 
