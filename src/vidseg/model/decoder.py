@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidseg.model.position import sine_position_3d
 from vidseg.model.queries import QuerySet
 
 #: Hook adding an extra positional embedding to one group's queries before each self-attention.
@@ -80,30 +81,6 @@ def classify(inst_embed: Tensor, sem_embed: Tensor, bg_embed: Tensor) -> Tensor:
     bg = bg_embed if bg_embed.dim() == 3 else bg_embed.unsqueeze(0).expand(inst_embed.shape[0], -1, -1)
     no_object = torch.bmm(inst_embed, bg.transpose(1, 2)).amax(dim=-1, keepdim=True)
     return torch.cat([no_object, torch.bmm(inst_embed, sem.transpose(1, 2))], dim=-1)
-
-
-def sine_position_3d(
-    t: int,
-    h: int,
-    w: int,
-    d: int,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Placeholder 3D sine encoding [T, H, W, d] (replaced by vidseg.model.position when it lands)."""
-    half = d // 2
-    scale = 2 * torch.pi
-
-    def enc(n: int, feats: int) -> Tensor:
-        coord = torch.arange(1, n + 1, device=device, dtype=torch.float32) / (n + 1e-6) * scale
-        dim_t = 10000 ** (2 * (torch.arange(feats, device=device) // 2) / feats)
-        v = coord[:, None] / dim_t
-        return torch.stack([v[:, 0::2].sin(), v[:, 1::2].cos()], dim=2).flatten(1)
-
-    pos_y = enc(h, half)[None, :, None, :].expand(t, h, w, half)
-    pos_x = enc(w, half)[None, None, :, :].expand(t, h, w, half)
-    pos = torch.cat([pos_y, pos_x], dim=-1) + enc(t, d)[:, None, None, :]
-    return pos.to(dtype)
 
 
 def _mlp(d_model: int, num_layers: int) -> nn.Sequential:
@@ -248,8 +225,8 @@ class MaskedAttentionDecoder(nn.Module):
         """[B, T, d, H, W] → tokens [B, T·H·W, d] (+ scale embedding) and 3D sine positions [1, T·H·W, d]."""
         b, t, d, h, w = feats.shape
         tokens = feats.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, d) + self.scale_embed.weight[scale]
-        pos = sine_position_3d(t, h, w, d, device=feats.device, dtype=tokens.dtype)
-        return tokens, pos.reshape(1, t * h * w, d)
+        pos = sine_position_3d(t, h, w, d, device=feats.device, dtype=tokens.dtype)  # [1, T, d, H, W]
+        return tokens, pos.permute(0, 1, 3, 4, 2).reshape(1, t * h * w, d)
 
     def _predict(
         self, x: Tensor, query_set: QuerySet, mask_features: Tensor, attn_size: tuple[int, int] | None
