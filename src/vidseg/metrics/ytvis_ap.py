@@ -1,0 +1,303 @@
+"""YouTube-VIS / OVIS mask AP and AR, equal to the official `YTVOSeval` (youtubevos/cocoapi).
+
+Per video, `update` computes the spatio-temporal IoU of every (prediction, GT) pair of one category from
+pycocotools RLE IoUs, runs COCO's greedy matching at the 10 IoU thresholds for the 4 area ranges, and keeps
+only per-detection match/ignore flags, scores and ranks plus per-category GT counts. `compute` does COCO's
+accumulate/summarize. Official quirks kept: maxDets counts per video *and* category, area ranges on the mean
+non-zero per-frame area (all / <=128^2 / 128^2..256^2 / >=256^2), crowd GT ignored, -1 for empty means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from vidseg.data.records import AnnotationFormatError, DatasetRecord, VideoPrediction, VideoRecord
+from vidseg.metrics._common import (
+    cat_state,
+    check_no_duplicate_videos,
+    check_prediction,
+    gt_frame_rles,
+    pair_videos,
+    rle_areas,
+    rle_intersections,
+    video_sort_key,
+)
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
+YTVIS_AREA_RANGES: tuple[tuple[float, float], ...] = (
+    (0.0, 1e5**2),
+    (0.0, 128.0**2),
+    (128.0**2, 256.0**2),
+    (256.0**2, 1e5**2),
+)
+AREA_LABELS = ("all", "small", "medium", "large")
+MAX_DETS = (1, 10, 100)
+
+
+def match_group(
+    ious: np.ndarray,
+    gt_ignore: np.ndarray,
+    gt_crowd: np.ndarray,
+    dt_out_of_range: np.ndarray,
+    iou_thresholds: np.ndarray = IOU_THRESHOLDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """COCO greedy matching of one (video, category) group at every IoU threshold at once.
+
+    ious [D, G]: detections sorted by score (desc), GT sorted non-ignored first; gt_ignore/gt_crowd [G];
+    dt_out_of_range [D]. Each detection takes the available GT with the highest IoU >= t (ties: the later GT,
+    as COCO's `<` comparison does), regular GT before ignored GT; crowd GT stays available.
+    Returns (matched [T, D], ignored [T, D]) bool.
+    """
+    num_t, (num_d, num_g) = len(iou_thresholds), ious.shape
+    matched = np.zeros((num_t, num_d), dtype=bool)
+    ignored = np.zeros((num_t, num_d), dtype=bool)
+    if num_g > 0:
+        thr = np.minimum(iou_thresholds, 1 - 1e-10)[:, None]
+        gt_taken = np.zeros((num_t, num_g), dtype=bool)
+        rows = np.arange(num_t)
+        for d in range(num_d):
+            ok = (~gt_taken | gt_crowd[None, :]) & (ious[d][None, :] >= thr)
+            found = np.zeros(num_t, dtype=bool)
+            choice = np.zeros(num_t, dtype=np.int64)
+            for pool in (~gt_ignore, gt_ignore):  # regular GT first, ignored GT only if no regular match
+                cand = ok & pool[None, :] & ~found[:, None]
+                vals = np.where(cand, ious[d][None, :], -np.inf)
+                last_max = num_g - 1 - np.argmax(vals[:, ::-1], axis=1)
+                has = cand.any(axis=1)
+                choice = np.where(has, last_max, choice)
+                found |= has
+            matched[:, d] = found
+            ignored[:, d] = found & gt_ignore[choice]
+            gt_taken[rows[found], choice[found]] = True
+    ignored |= ~matched & dt_out_of_range[None, :]
+    return matched, ignored
+
+
+class YTVISMeanAP(Metric):
+    """Video mask AP/AR of YouTube-VIS and OVIS (0-1 scale, the 12 official `stats`).
+
+    category_ids: the dataset's vocabulary (GT and predictions must use these ids; a category without
+    non-ignored GT is excluded from the means, as officially). area_ranges: (lo, hi) for all/small/medium/
+    large, inclusive bounds on the mean per-frame area.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(
+        self,
+        category_ids: Sequence[int],
+        area_ranges: Sequence[tuple[float, float]] = YTVIS_AREA_RANGES,
+        max_dets: Sequence[int] = MAX_DETS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if len(area_ranges) != 4 or len(max_dets) != 3:
+            raise ValueError("YTVISMeanAP: area_ranges needs 4 (lo, hi) pairs and max_dets 3 values")
+        self.category_ids = [int(c) for c in category_ids]
+        self._cat_index = {c: i for i, c in enumerate(self.category_ids)}
+        self.area_ranges = np.asarray(area_ranges, dtype=np.float64)
+        self.max_dets = [int(m) for m in max_dets]
+        n_flags = len(self.area_ranges) * len(IOU_THRESHOLDS)
+        self._n_flags = n_flags
+        self.add_state("det_meta", default=[], dist_reduce_fx="cat")  # int64 [N, 3]: cat idx, video key, rank
+        self.add_state("det_score", default=[], dist_reduce_fx="cat")  # float64 [N]
+        self.add_state("det_flags", default=[], dist_reduce_fx="cat")  # uint8 [N, 2*A*T]: matched, ignored
+        self.add_state("video_keys", default=[], dist_reduce_fx="cat")  # int64 [V]
+        self.add_state(
+            "gt_count",
+            default=torch.zeros(len(self.category_ids), len(self.area_ranges), dtype=torch.int64),
+            dist_reduce_fx="sum",
+        )
+
+    # ------------------------------------------------------------------------------------------- update
+    def _category(self, cat: int | None, where: str) -> int:
+        if cat is None or int(cat) not in self._cat_index:
+            raise AnnotationFormatError(
+                f"{where}: category {cat!r} is not in the vocabulary {self.category_ids}"
+            )
+        return self._cat_index[int(cat)]
+
+    def update(self, pred: VideoPrediction, gt: VideoRecord) -> None:  # type: ignore[override]
+        """Evaluate one video and keep its per-detection match flags."""
+        check_prediction(pred, gt)
+        gt_ids = list(gt.tracks)
+        gt_pos = {tid: i for i, tid in enumerate(gt_ids)}
+        gt_cat = np.array(
+            [self._category(gt.tracks[t].category_id, f"GT video {gt.video_id!r} track {t}") for t in gt_ids],
+            dtype=np.int64,
+        )
+        gt_crowd = np.array([bool(gt.tracks[t].iscrowd) for t in gt_ids], dtype=bool)
+        dt_cat = np.array(
+            [
+                self._category(tr.category_id, f"prediction for video {pred.video_id!r} track {tr.track_id}")
+                for tr in pred.tracks
+            ],
+            dtype=np.int64,
+        )
+        dt_score = np.array([float(tr.score) for tr in pred.tracks], dtype=np.float64)
+        num_d, num_g = len(pred.tracks), len(gt_ids)
+        inter = np.zeros((num_d, num_g), dtype=np.int64)
+        dt_area_sum, gt_area_sum = np.zeros(num_d, np.int64), np.zeros(num_g, np.int64)
+        dt_nonzero, gt_nonzero = np.zeros(num_d, np.int64), np.zeros(num_g, np.int64)
+        for ann in gt.annotations:
+            g_rles = gt_frame_rles(ann, gt)
+            unknown = set(g_rles) - set(gt_pos)
+            if unknown:
+                raise AnnotationFormatError(
+                    f"GT video {gt.video_id!r} frame {ann.frame}: track(s) {sorted(unknown)} "
+                    "not in the track list"
+                )
+            g_idx = np.array([gt_pos[t] for t in g_rles], dtype=np.int64)
+            d_idx = np.array(
+                [i for i, tr in enumerate(pred.tracks) if tr.masks[ann.frame] is not None], np.int64
+            )
+            d_rles = [pred.tracks[i].masks[ann.frame] for i in d_idx]
+            g_area, d_area = rle_areas(list(g_rles.values())), rle_areas(d_rles)
+            gt_area_sum[g_idx] += g_area
+            gt_nonzero[g_idx] += g_area > 0
+            dt_area_sum[d_idx] += d_area
+            dt_nonzero[d_idx] += d_area > 0
+            if len(d_idx) and len(g_idx):
+                inter[np.ix_(d_idx, g_idx)] += rle_intersections(
+                    d_rles, list(g_rles.values()), d_area, g_area
+                )
+        union = dt_area_sum[:, None] + gt_area_sum[None, :] - inter
+        ious = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        gt_avg = np.where(gt_nonzero > 0, gt_area_sum / np.maximum(gt_nonzero, 1), 0.0)
+        dt_avg = np.where(dt_nonzero > 0, dt_area_sum / np.maximum(dt_nonzero, 1), 0.0)
+
+        key = video_sort_key(gt.video_id)
+        metas, scores, flags = [], [], []
+        gt_count = torch.zeros_like(self.gt_count)
+        for c in np.union1d(gt_cat, dt_cat):
+            g_sel = np.flatnonzero(gt_cat == c)
+            d_sel = np.flatnonzero(dt_cat == c)
+            d_sel = d_sel[np.argsort(-dt_score[d_sel], kind="mergesort")][: self.max_dets[-1]]
+            matched_all, ignored_all = [], []
+            for a, (lo, hi) in enumerate(self.area_ranges):
+                g_ig = gt_crowd[g_sel] | (gt_avg[g_sel] < lo) | (gt_avg[g_sel] > hi)
+                order = np.argsort(g_ig, kind="mergesort")
+                g_sorted = g_sel[order]
+                d_out = (dt_avg[d_sel] < lo) | (dt_avg[d_sel] > hi)
+                matched, ignored = match_group(
+                    ious[np.ix_(d_sel, g_sorted)], g_ig[order], gt_crowd[g_sorted], d_out
+                )
+                matched_all.append(matched)
+                ignored_all.append(ignored)
+                gt_count[c, a] += int((~g_ig).sum())
+            if len(d_sel) == 0:
+                continue
+            m = np.concatenate(matched_all, axis=0).T  # [D, A*T]
+            i = np.concatenate(ignored_all, axis=0).T
+            flags.append(torch.from_numpy(np.concatenate([m, i], axis=1).astype(np.uint8)))
+            metas.append(
+                torch.from_numpy(
+                    np.stack(
+                        [np.full(len(d_sel), c), np.full(len(d_sel), key), np.arange(len(d_sel))], axis=1
+                    ).astype(np.int64)
+                )
+            )
+            scores.append(torch.from_numpy(dt_score[d_sel].copy()))
+        if metas:
+            self.det_meta.append(torch.cat(metas))
+            self.det_score.append(torch.cat(scores))
+            self.det_flags.append(torch.cat(flags))
+        self.video_keys.append(torch.tensor([key], dtype=torch.int64))
+        self.gt_count += gt_count.to(self.gt_count.device)
+
+    # ------------------------------------------------------------------------------------------ compute
+    def _accumulate(self) -> tuple[np.ndarray, np.ndarray]:
+        """COCO accumulate: precision [T, R, K, A, M] and recall [T, K, A, M], -1 where undefined."""
+        check_no_duplicate_videos(cat_state(self.video_keys, torch.int64).cpu(), type(self).__name__)
+        meta = cat_state(self.det_meta, torch.int64, 3).cpu().numpy()
+        score = cat_state(self.det_score, torch.float64).cpu().numpy()
+        flags = cat_state(self.det_flags, torch.uint8, 2 * self._n_flags).cpu().numpy().astype(bool)
+        gt_count = self.gt_count.cpu().numpy()
+        num_t, num_r, num_k = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(self.category_ids)
+        num_a, num_m = len(self.area_ranges), len(self.max_dets)
+        precision = -np.ones((num_t, num_r, num_k, num_a, num_m))
+        recall = -np.ones((num_t, num_k, num_a, num_m))
+        for k in range(num_k):
+            sel = np.flatnonzero(meta[:, 0] == k)
+            # concatenation in (video, rank) order, then a stable sort by descending score (COCO's mergesort)
+            sel = sel[np.lexsort((meta[sel, 2], meta[sel, 1], -score[sel]))]
+            for a in range(num_a):
+                npig = int(gt_count[k, a])
+                if npig == 0:
+                    continue
+                cols = slice(a * num_t, (a + 1) * num_t)
+                for mi, max_det in enumerate(self.max_dets):
+                    rows = sel[meta[sel, 2] < max_det]
+                    dtm = flags[rows, : self._n_flags][:, cols].T
+                    dtig = flags[rows, self._n_flags :][:, cols].T
+                    tp_sum = np.cumsum(dtm & ~dtig, axis=1).astype(float)
+                    fp_sum = np.cumsum(~dtm & ~dtig, axis=1).astype(float)
+                    nd = tp_sum.shape[1]
+                    for t in range(num_t):
+                        tp, fp = tp_sum[t], fp_sum[t]
+                        rc = tp / npig
+                        pr = tp / (fp + tp + np.spacing(1))
+                        recall[t, k, a, mi] = rc[-1] if nd else 0
+                        pr = np.maximum.accumulate(pr[::-1])[::-1]
+                        inds = np.searchsorted(rc, RECALL_THRESHOLDS, side="left")
+                        q = np.zeros(num_r)
+                        valid = inds < nd
+                        q[valid] = pr[inds[valid]]
+                        precision[t, :, k, a, mi] = q
+        return precision, recall
+
+    @staticmethod
+    def _mean_valid(s: np.ndarray) -> float:
+        return -1.0 if not (s > -1).any() else float(np.mean(s[s > -1]))
+
+    def _summarize(self, precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
+        def pick(ap: bool, iou_thr: float | None = None, area: int = 0, max_det: int = 100) -> float:
+            m = self.max_dets.index(max_det) if max_det in self.max_dets else 2
+            s = precision if ap else recall
+            if iou_thr is not None:
+                s = s[np.where(iou_thr == IOU_THRESHOLDS)[0]]
+            s = s[..., area, m]
+            return self._mean_valid(s)
+
+        top = self.max_dets[-1]
+        return {
+            "AP": pick(True, None, 0, top),
+            "AP50": pick(True, 0.5, 0, top),
+            "AP75": pick(True, 0.75, 0, top),
+            "AP_s": pick(True, None, 1, top),
+            "AP_m": pick(True, None, 2, top),
+            "AP_l": pick(True, None, 3, top),
+            "AR1": pick(False, None, 0, self.max_dets[0]),
+            "AR10": pick(False, None, 0, self.max_dets[1]),
+            "AR100": pick(False, None, 0, top),
+            "AR_s": pick(False, None, 1, top),
+            "AR_m": pick(False, None, 2, top),
+            "AR_l": pick(False, None, 3, top),
+        }
+
+    def compute(self) -> dict[str, float]:
+        """The 12 official stats (0-1; -1 where nothing is valid)."""
+        precision, recall = self._accumulate()
+        return self._summarize(precision, recall)
+
+    def per_category_ap(self) -> dict[int, float]:
+        """Category id -> AP (IoU .50:.95, area all, maxDets 100); -1 for a category without GT."""
+        precision, _ = self._accumulate()
+        return {c: self._mean_valid(precision[:, :, k, 0, -1]) for k, c in enumerate(self.category_ids)}
+
+
+def from_records(gt: DatasetRecord, preds: list[VideoPrediction], **kwargs: Any) -> dict[str, float]:
+    """YouTube-VIS AP/AR over a dataset split (vocabulary: `gt.categories` unless `category_ids` given)."""
+    kwargs.setdefault("category_ids", [c.id for c in gt.categories])
+    metric = YTVISMeanAP(**kwargs)
+    for video, pred in pair_videos(gt, preds):
+        metric.update(pred, video)
+    return metric.compute()
