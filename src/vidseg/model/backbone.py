@@ -157,12 +157,15 @@ class Backbone(nn.Module):
         return max(self.strides)
 
     def forward(self, frames: Tensor) -> list[Tensor]:
-        """[N, 3, H, W] normalised float frames -> stride-4/8/16/32 maps, each [N, C_i, H/s, W/s]."""
+        """[N, 3, H, W] normalised float frames -> stride-4/8/16/32 maps, each [N, C_i, H/s, W/s].
+
+        Maps are dense, in NCHW or channels_last memory format (Swin, ConvNeXt), as timm produces them."""
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"Backbone expects [N, 3, H, W] frames, got shape {tuple(frames.shape)}")
         if not frames.is_floating_point():
             raise ValueError("Backbone expects float frames; call normalize_frames on uint8 frames first")
         features = self.body(frames)
         if self.channels_last_output:
-            features = [f.permute(0, 3, 1, 2).contiguous() for f in features]
+            # a channels_last-strided NCHW view: dense, and convolutions consume it without a copy
+            features = [f.permute(0, 3, 1, 2) for f in features]
         return list(features)
