@@ -52,7 +52,9 @@ def crowd_mask(video: GroundTruthVideo, t: int, thing_ids: set[int]) -> np.ndarr
     return np.isin(video.semantic_maps[t], list(thing_ids)) & (video.instance_maps[t] == 0)
 
 
-def panoptic_prediction(video: GroundTruthVideo, frame_names: list[str], shift: int = 0) -> VideoPrediction:
+def panoptic_prediction(
+    video: GroundTruthVideo, frame_names: list[str], shift: int = 0, video_id: str | None = None
+) -> VideoPrediction:
     """A prediction whose panoptic maps are the GT's (optionally shifted right by `shift` px), with void
     replaced by the stuff below it so that no frame predicts 255."""
     maps = []
@@ -61,7 +63,7 @@ def panoptic_prediction(video: GroundTruthVideo, frame_names: list[str], shift: 
         s[s == IGNORE_LABEL] = video.semantic_maps[0][40, 0]
         maps.append((s, np.roll(inst, shift, axis=1).astype(np.int32)))
     return VideoPrediction(
-        video_id=video.video_id,
+        video_id=video_id or video.video_id,
         height=video.height,
         width=video.width,
         frame_names=frame_names,
@@ -69,7 +71,7 @@ def panoptic_prediction(video: GroundTruthVideo, frame_names: list[str], shift: 
     )
 
 
-def track_prediction(video: GroundTruthVideo, frame_names: list[str]) -> VideoPrediction:
+def track_prediction(video: GroundTruthVideo, frame_names: list[str], video_id: str | None = None) -> VideoPrediction:
     """The same content as tracks (RLE per frame) + semantic maps holding only stuff."""
     from vidseg.data.formats.common import encode_rle
 
@@ -83,7 +85,7 @@ def track_prediction(video: GroundTruthVideo, frame_names: list[str]) -> VideoPr
         s[s == IGNORE_LABEL] = video.semantic_maps[0][40, 0]
         stuff_maps.append(s)
     return VideoPrediction(
-        video_id=video.video_id, height=video.height, width=video.width, frame_names=frame_names,
+        video_id=video_id or video.video_id, height=video.height, width=video.width, frame_names=frame_names,
         tracks=tracks, semantic_maps=stuff_maps,
     )  # fmt: skip
 
