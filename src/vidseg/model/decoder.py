@@ -83,6 +83,23 @@ def classify(inst_embed: Tensor, sem_embed: Tensor, bg_embed: Tensor) -> Tensor:
     return torch.cat([no_object, torch.bmm(inst_embed, sem.transpose(1, 2))], dim=-1)
 
 
+@torch.no_grad()
+def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Hard cross-attention mask from mask logits (Mask2Former/TarViS).
+
+    [B, Q, T, h, w] logits are resized to [T, *size] (trilinear with T unchanged == bilinear per frame),
+    a token is kept where sigmoid ≥ 0.5 (logit ≥ 0), and a query with no kept token attends everywhere.
+    Returns bool [B, 1, Q, T·H·W], True = may attend (``F.scaled_dot_product_attention`` convention),
+    broadcast over heads rather than repeated per head.
+    """
+    b, q, t, h, w = mask_logits.shape
+    small = F.interpolate(mask_logits.detach().reshape(b, q * t, h, w), size=size, mode="bilinear",
+                          align_corners=False)
+    keep = (small >= 0).view(b, q, -1)
+    keep |= ~keep.any(dim=-1, keepdim=True)
+    return keep.unsqueeze(1)
+
+
 def _mlp(d_model: int, num_layers: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(num_layers):
@@ -237,19 +254,7 @@ class MaskedAttentionDecoder(nn.Module):
         normed = self.norm(x)
         mask_embed, proj = self.mask_heads(normed, query_set)
         logits = torch.bmm(mask_embed, mask_features.reshape(b, d, t * h4 * w4)).view(b, q, t, h4, w4)
-        attn_mask = None
-        if attn_size is not None:
-            with torch.no_grad():
-                # Trilinear resize with T unchanged == bilinear per frame; logit ≥ 0 ⇔ sigmoid ≥ 0.5.
-                small = F.interpolate(
-                    logits.detach().reshape(b, q * t, h4, w4),
-                    size=attn_size,
-                    mode="bilinear",
-                    align_corners=False,
-                )
-                keep = (small >= 0).view(b, q, -1)
-                keep |= ~keep.any(dim=-1, keepdim=True)  # an empty mask attends everywhere
-                attn_mask = keep.unsqueeze(1)
+        attn_mask = attention_mask_from_logits(logits, attn_size) if attn_size is not None else None
         return normed, proj, logits, attn_mask
 
     def forward(
