@@ -73,15 +73,19 @@ class HungarianMatcher:
         mask_logits: torch.Tensor,
         targets: MatchTargets,
         generator: torch.Generator | None = None,
+        coords: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Cost [B, Q, N] for class logits [B, Q, 1+C] (index 0 = no-object) and masks [B, Q, T, h, w]."""
+        """Cost [B, Q, N] for class logits [B, Q, 1+C] (index 0 = no-object) and masks [B, Q, T, h, w].
+        `coords` [B, P, 2] in [0, 1] overrides the uniformly drawn points (tests, benchmarks)."""
         b, q, t = mask_logits.shape[:3]
         n = targets.masks.shape[1]
-        coords = torch.rand(b, self.num_points, 2, device=mask_logits.device, generator=generator)
+        if coords is None:
+            coords = torch.rand(b, self.num_points, 2, device=mask_logits.device, generator=generator)
+        p = coords.shape[1]
         pred = point_sample(mask_logits.float().flatten(1, 2), coords)  # [B, Q*T, P]
-        pred = pred.view(b, q, t * self.num_points)
+        pred = pred.reshape(b, q, t * p)
         tgt = point_sample(targets.masks.float().flatten(1, 2), coords)  # [B, N*T, P]
-        tgt = tgt.view(b, n, t * self.num_points)
+        tgt = tgt.reshape(b, n, t * p)
         cost = self.cost_bce * batch_bce_cost(pred, tgt) + self.cost_dice * batch_dice_cost(pred, tgt)
         if class_logits is not None and self.cost_class:
             probs = class_logits.float().softmax(-1)  # [B, Q, 1+C]
@@ -96,10 +100,47 @@ class HungarianMatcher:
         mask_logits: torch.Tensor,
         targets: MatchTargets,
         generator: torch.Generator | None = None,
+        coords: torch.Tensor | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        cost = self.cost_matrices(class_logits, mask_logits, targets, generator).cpu().numpy()
+        cost = self.cost_matrices(class_logits, mask_logits, targets, generator, coords).cpu().numpy()
         out = []
         for i, n in enumerate(targets.counts):
             rows, cols = linear_sum_assignment(cost[i, :, :n]) if n else (np.zeros(0), np.zeros(0))
             out.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
         return out
+
+
+@torch.no_grad()
+def reference_match(
+    class_logits: torch.Tensor | None,
+    mask_logits: torch.Tensor,
+    class_ids: list[torch.Tensor],
+    masks: list[torch.Tensor],
+    coords: torch.Tensor,
+    cost_class: float = 2.0,
+    cost_bce: float = 5.0,
+    cost_dice: float = 5.0,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Straightforward per-sample, per-pair reference of the matcher (tests and `scripts/bench_matcher.py`).
+
+    Returns per sample (query indices, target indices, cost matrix [Q, N])."""
+    out = []
+    for b in range(mask_logits.shape[0]):
+        q, t = mask_logits.shape[1:3]
+        n = masks[b].shape[0]
+        c = coords[b : b + 1]
+        pred = point_sample(mask_logits[b].float(), c.expand(q, -1, -1)).flatten(1)  # [Q, T*P]
+        tgt = point_sample(masks[b].float(), c.expand(n, -1, -1)).flatten(1) if n else pred[:0]
+        cost = torch.zeros(q, n)
+        probs = class_logits[b].float().softmax(-1) if class_logits is not None else None
+        for i in range(q):
+            for j in range(n):
+                bce = F.binary_cross_entropy_with_logits(pred[i], tgt[j], reduction="mean")
+                s = pred[i].sigmoid()
+                dice = 1 - (2 * (s * tgt[j]).sum() + 1) / (s.sum() + tgt[j].sum() + 1)
+                cost[i, j] = cost_bce * bce + cost_dice * dice
+                if probs is not None and cost_class:
+                    cost[i, j] -= cost_class * probs[i, int(class_ids[b][j]) + 1]
+        rows, cols = linear_sum_assignment(cost.numpy()) if n else (np.zeros(0), np.zeros(0))
+        out.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long), cost))
+    return out

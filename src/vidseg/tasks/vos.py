@@ -1,0 +1,286 @@
+"""VOS — semi-supervised video object segmentation from first-appearance masks (TarViS §7 VOS, §8.4, §9.2).
+
+Each object's reference mask is cut into `queries_per_object` raster-order strips (4 in training, 8 at
+inference); every strip's stride-4 features (sampled at up to `pixels_per_query` random pixels, no gradient
+through the pooling) are averaged into a query init; 16 background queries come from a 4x4 grid of the
+reference frame minus the objects. A small object encoder refines them (self-attention over all queries,
+cross-attention of each query to its own pixel features). The decoder then segments them in the whole clip;
+an object's mask = max over its sub-query masks, background = max over the background masks.
+Loss: fixed assignment (channel 0 = background, 1..N = objects in GT order), BCE + dice on every frame.
+PET objects (points, `tasks/pet.py`) share the encoder, the background queries and the decoder groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidseg.data.records import Batch, Category, DatasetRecord, TrackPrediction, VideoPrediction
+from vidseg.inference.resize import logits_to_original, masks_to_rles
+from vidseg.losses.masks import mask_losses
+from vidseg.model.position import sine_position_2d
+from vidseg.model.queries import LearnedQueries, QuerySet
+from vidseg.tasks.base import Task
+from vidseg.tasks.vos_encoder import (
+    KIND_BACKGROUND,
+    KIND_MASK,
+    KIND_POINT,
+    ObjectEncoder,
+    PointQueryInit,
+    grid_background_tokens,
+    strip_tokens,
+)
+
+
+class VOSTask(Task):
+    """Mask-guided video object segmentation (DAVIS / YouTube-VOS); PET objects ride along with p=point_prob."""
+
+    name = "vos"
+    needs_prompts = True
+
+    def __init__(
+        self,
+        queries_per_object: int = 4,
+        queries_per_object_eval: int = 8,
+        pixels_per_query: int = 2048,
+        pixels_per_query_eval: int = 16384,
+        background_grid: int = 4,
+        encoder_layers: int = 4,
+        encoder_ffn: int = 2048,
+        encoder_heads: int = 8,
+        point_prob: float = 0.3,
+        weights: Mapping[str, float] | None = None,
+        num_points: int | None = 12544,
+        deep_supervision: bool = True,
+        seed: int = 22021994,
+    ) -> None:
+        super().__init__()
+        self.q_train, self.q_eval = queries_per_object, queries_per_object_eval
+        self.pix_train, self.pix_eval = pixels_per_query, pixels_per_query_eval
+        self.grid = background_grid
+        self.enc_cfg = dict(num_layers=encoder_layers, ffn_dim=encoder_ffn, n_heads=encoder_heads)
+        self.point_prob = point_prob
+        self.weights = {"bce": 5.0, "dice": 5.0, **dict(weights or {})}
+        self.num_points, self.deep_supervision, self.seed = num_points, deep_supervision, seed
+        self.encoder: ObjectEncoder | None = None
+        self.point_init: PointQueryInit | None = None
+        self.embeds: nn.ModuleDict | None = None
+        self.current_step = 0  # set by the LightningModule (global step) before each training forward
+
+    def setup(self, model: Any, vocabularies: Mapping[str, list[Category]]) -> None:
+        super().setup(model, vocabularies)
+        d = model.d_model
+        if self.encoder is None:
+            self.encoder = ObjectEncoder(d, **self.enc_cfg)
+            self.point_init = PointQueryInit(d, num_levels=4)
+            # decoder-side type embeddings of the two groups (content comes from the encoder)
+            self.embeds = nn.ModuleDict({"background_vos": LearnedQueries(d, None), "vos": LearnedQueries(d, None)})
+        for group in ("background_vos", "vos"):
+            model.decoder.add_group(group)
+
+    # ------------------------------------------------------------------ queries
+    def point_objects(self, step: int, n: int) -> list[bool]:
+        """Which of the n objects of a batch are point (PET) objects; same decision for every sample/rank."""
+        if self.point_prob <= 0:
+            return [False] * n
+        if self.point_prob >= 1:
+            return [True] * n
+        rng = np.random.default_rng([self.seed, step])
+        return (rng.random(n) < self.point_prob).tolist()
+
+    def build_queries(
+        self,
+        feats: Any,
+        ref_masks: list[torch.Tensor],
+        ref_frames: list[torch.Tensor],
+        points: list[torch.Tensor | None],
+        is_point: list[bool],
+        q_per_obj: int,
+        pixels: int,
+        generator: torch.Generator | None = None,
+    ) -> QuerySet:
+        """Queries of B clips with the same N objects each (background first, then mask objects, then point
+        objects). ref_masks[b]: bool [N, h4, w4] on each object's reference frame; ref_frames[b]: int64 [N]
+        clip-frame indices; points[b]: [N, 2] (x, y) in [0, 1] (needed for point objects). The returned
+        QuerySet carries `owners`: the object index (0..N-1) of every 'vos' query."""
+        assert self.encoder is not None and self.point_init is not None and self.embeds is not None
+        mf = feats.mask_features  # [B, T, d, h4, w4]
+        b, _, d, h4, w4 = mf.shape
+        pos = sine_position_2d(h4, w4, d, device=mf.device, dtype=mf.dtype)[0]
+        mask_objs = [k for k, p in enumerate(is_point) if not p]
+        point_objs = [k for k, p in enumerate(is_point) if p]
+        blocks: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
+        inits: list[torch.Tensor] = []
+        for i in range(b):
+            fmap = mf[i].detach()  # no gradient into the features through the pooling (TarViS)
+            frame0 = int(ref_frames[i].min())
+            parts = [grid_background_tokens(fmap[frame0], pos, ref_masks[i].any(0), self.grid, pixels, generator)]
+            for k in mask_objs:
+                parts.append(strip_tokens(fmap[int(ref_frames[i][k])], pos, ref_masks[i][k], q_per_obj, pixels,
+                                          generator))
+            tok = _cat_padded([p[0] for p in parts])
+            tpos = _cat_padded([p[1] for p in parts])
+            pad = _cat_padded([p[2] for p in parts], value=True)
+            valid = (~pad).unsqueeze(-1).to(tok.dtype)
+            init = (tok * valid).sum(1) / valid.sum(1).clamp(min=1)
+            if point_objs:
+                if points[i] is None:
+                    raise ValueError("vos: point objects need points in the clip sample")
+                levels = [f[i] for f in feats.features] + [mf[i]]
+                idx = torch.as_tensor(point_objs, device=mf.device)
+                p_init, p_tok, p_pos = self.point_init(levels, points[i][idx].to(mf.dtype), ref_frames[i][idx])
+                p_pad = torch.zeros(p_tok.shape[:2], dtype=torch.bool, device=mf.device)
+                tok, tpos = _cat_padded([tok, p_tok]), _cat_padded([tpos, p_pos])
+                pad = _cat_padded([pad, p_pad], value=True)
+                init = torch.cat([init, p_init])
+            blocks.append([(tok, tpos, pad)])
+            inits.append(init)
+        width = max(blk[0][0].shape[1] for blk in blocks)
+        tokens = torch.stack([F.pad(blk[0][0], (0, 0, 0, width - blk[0][0].shape[1])) for blk in blocks])
+        tok_pos = torch.stack([F.pad(blk[0][1], (0, 0, 0, width - blk[0][1].shape[1])) for blk in blocks])
+        pads = torch.stack([F.pad(blk[0][2], (0, width - blk[0][2].shape[1]), value=True) for blk in blocks])
+        n_bg = self.grid * self.grid
+        kinds = torch.full((tokens.shape[1],), KIND_MASK, dtype=torch.long, device=mf.device)
+        kinds[:n_bg] = KIND_BACKGROUND
+        if point_objs:
+            kinds[tokens.shape[1] - len(point_objs):] = KIND_POINT
+        content = self.encoder(torch.stack(inits), tokens, tok_pos, pads, kinds)
+        qs = QuerySet([
+            self.embeds["background_vos"].group("background_vos", content[:, :n_bg]),
+            self.embeds["vos"].group("vos", content[:, n_bg:]),
+        ])
+        qs.owners = [k for k in mask_objs for _ in range(q_per_obj)] + point_objs
+        qs.num_objects = len(is_point)
+        return qs
+
+    def init_queries(self, model: Any, feats: Any, batch: Batch) -> QuerySet:
+        n = min(int(s.masks.shape[0]) for s in batch.samples)
+        if n == 0:
+            raise ValueError(f"vos: clip without objects in its reference frame: {[s.video_id for s in batch.samples]}")
+        h4, w4 = feats.mask_features.shape[-2:]
+        ref_masks, ref_frames, points = [], [], []
+        for s in batch.samples:
+            frames = (s.prompt_frames[:n] if s.prompt_frames is not None
+                      else torch.zeros(n, dtype=torch.long)).clamp(min=0).to(s.masks.device)
+            masks = s.masks[torch.arange(n, device=s.masks.device), frames]  # [N, H, W] on reference frames
+            ref_masks.append(F.interpolate(masks[:, None].float(), size=(h4, w4), mode="area")[:, 0] > 0.5)
+            ref_frames.append(frames)
+            points.append(None if s.points is None else _normalised_points(s.points[:n], s.masks.shape[-2:]))
+        is_point = self.point_objects(self.current_step, n)
+        return self.build_queries(feats, ref_masks, ref_frames, points, is_point, self.q_train, self.pix_train)
+
+    # ------------------------------------------------------------------ loss
+    def object_logits(self, out: Any, layer: int, owners: list[int], n: int) -> torch.Tensor:
+        """[B, 1+N, T, h, w]: background = max over background queries, object k = max over its queries."""
+        bg = out.group("background_vos", layer).mask_logits.amax(1, keepdim=True)
+        vos = out.group("vos", layer).mask_logits
+        own = torch.as_tensor(owners, device=vos.device)
+        objs = [vos[:, own == k].amax(1) for k in range(n)]
+        return torch.cat([bg, torch.stack(objs, 1)], 1)
+
+    def loss(self, model: Any, feats: Any, queries: Any, out: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        n = queries.num_objects
+        layers = range(out.num_predictions) if self.deep_supervision else [out.num_predictions - 1]
+        targets = []
+        for s in batch.samples:
+            objs = s.masks[:n]
+            bg = ~objs.any(0, keepdim=True)
+            targets.append(torch.cat([bg, objs]))
+        target = torch.cat(targets).float()  # [B*(1+N), T, H, W]
+        totals: dict[str, torch.Tensor] = {}
+        for layer in layers:
+            logits = self.object_logits(out, layer, queries.owners, n).flatten(0, 1)
+            for k, v in mask_losses(logits, target, float(len(batch.samples) * (1 + n)), self.num_points).items():
+                totals[k] = totals.get(k, 0.0) + self.weights[k] * v
+        return totals
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_video(self, model: Any, video: Any, record: Any, dataset: str) -> VideoPrediction:
+        """Whole video as one clip: objects start at their prompt frames (later-appearing objects included)."""
+        device = next(model.parameters()).device
+        frames = video.frames.unsqueeze(0).to(device)
+        feats = model.encode(frames)
+        h4, w4 = feats.mask_features.shape[-2:]
+        padded = tuple(frames.shape[-2:])
+        prompts = sorted(record.prompts, key=lambda p: (p.track_id))
+        if not prompts:
+            raise ValueError(f"vos: video {record.video_id} has no prompts (first-appearance masks or points)")
+        ids = [p.track_id for p in prompts]
+        masks, frames_k, points, gt_full = [], [], [], {}
+        for p in prompts:
+            ann = record.annotation_at(p.frame)
+            m = ann.decode().masks.get(p.track_id) if ann is not None else None
+            if m is None:
+                m = np.zeros((record.height, record.width), dtype=bool)
+            gt_full[p.track_id] = (p.frame, m)
+            mt = torch.from_numpy(m)[None, None].float()
+            mt = F.interpolate(mt, size=video.valid_hw, mode="nearest")
+            mt = F.pad(mt, (0, padded[1] - video.valid_hw[1], 0, padded[0] - video.valid_hw[0]))
+            masks.append(F.interpolate(mt, size=(h4, w4), mode="area")[0, 0] > 0.5)
+            frames_k.append(p.frame)
+            points.append(self.prompt_point(p, record, video, padded))
+        is_point = self.eval_point_objects(prompts)
+        pts = torch.stack(points)[None].to(device) if all(x is not None for x in points) else None
+        qs = self.build_queries(
+            feats, [torch.stack(masks).to(device)], [torch.tensor(frames_k, device=device)],
+            [pts[0] if pts is not None else None], is_point, self.q_eval, self.pix_eval,
+        )
+        out = model.decode(feats, qs)
+        logits = self.object_logits(out, -1, qs.owners, len(ids))[0, 1:]  # [N, T, h4, w4]
+        for k, f in enumerate(frames_k):  # objects do not exist before their first GT frame
+            logits[k, :f] = -1000.0
+        full = logits_to_original(logits, padded, video.valid_hw, video.orig_hw)  # [N, T, H, W]
+        best, arg = full.max(0)
+        labels = torch.where(best > 0, arg + 1, torch.zeros_like(arg)).cpu()
+        for k, tid in enumerate(ids):  # the GT mask wins on its own frame
+            f, m = gt_full[tid]
+            lab = labels[f]
+            lab[lab == k + 1] = 0
+            lab[torch.from_numpy(m)] = k + 1
+        tracks = [TrackPrediction(tid, None, 1.0, masks_to_rles(labels == k + 1)) for k, tid in enumerate(ids)]
+        return VideoPrediction(record.video_id, video.orig_hw[0], video.orig_hw[1], list(record.frames.names),
+                               tracks=tracks)
+
+    def eval_point_objects(self, prompts: list) -> list[bool]:
+        return [False] * len(prompts)
+
+    def prompt_point(self, prompt: Any, record: Any, video: Any, padded: tuple[int, int]) -> torch.Tensor | None:
+        if prompt.point is None:
+            return None
+        sy, sx = video.valid_hw[0] / record.height, video.valid_hw[1] / record.width
+        return torch.tensor([(prompt.point.x + 0.5) * sx / padded[1], (prompt.point.y + 0.5) * sy / padded[0]])
+
+    def make_metric(self, dataset: DatasetRecord) -> Any:
+        from vidseg.metrics.jf import DavisJF
+
+        return DavisJF()
+
+    def train_sampler(self, num_frames: int = 3, factor: float = 7.5, consecutive: bool = False) -> Any:
+        from vidseg.data.sampling import VOSClipSampler
+
+        return VOSClipSampler(num_frames=num_frames, factor=factor)
+
+
+def _normalised_points(points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(x, y) pixel points -> [0, 1] coordinates (+0.5 pixel centre)."""
+    h, w = int(hw[0]), int(hw[1])
+    return torch.stack([(points[:, 0] + 0.5) / w, (points[:, 1] + 0.5) / h], -1)
+
+
+def _cat_padded(blocks: list[torch.Tensor], value: float | bool = 0.0) -> torch.Tensor:
+    """Concatenate [n_i, P_i, ...] blocks along dim 0 after padding dim 1 to the largest P."""
+    width = max(b.shape[1] for b in blocks)
+    out = []
+    for b in blocks:
+        extra = width - b.shape[1]
+        if extra:
+            pad = (0, 0, 0, extra) if b.dim() == 3 else (0, extra)
+            b = F.pad(b, pad, value=value)
+        out.append(b)
+    return torch.cat(out)
