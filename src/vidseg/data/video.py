@@ -361,7 +361,7 @@ class DecordReader(_LazyVideoReader):
         _check_video_file(self.path)
         try:
             self._handle = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.threads)
-        except decord.DECORDError as e:
+        except (decord.DECORDError, RuntimeError) as e:  # RuntimeError: "Error reading <path>..."
             raise CorruptMediaError(f"{self.path}: cannot open video with decord ({_first_line(e)})") from e
         self._decord_len = len(self._handle)
 
