@@ -1,0 +1,316 @@
+"""BURST (point-exemplar-guided tracking, formats.md §8): reader, GT writer, results writer/reader.
+
+Annotations: `<root>/<split>/all_classes.json` (+ `first_frame_annotations.json` for the exemplars).
+Frames: `<image_root>/<split>/<dataset>/<seq_name>/<image path>` (`image_root` defaults to `root`).
+The record's frames are `all_image_paths`; annotated frames are the positions of `annotated_image_paths`;
+masks are compressed RLE counts strings of size [height, width]; track ids are strings in JSON -> ints.
+The writers and the results reader are implemented in `_burst_write.py` (size limit per module).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pycocotools import mask as mask_utils
+
+from vidseg.data.formats.common import check_unique, load_json, require_key, to_compressed_rle
+from vidseg.data.records import (
+    RLE,
+    AnnotationFormatError,
+    Category,
+    DatasetRecord,
+    FrameAnnotation,
+    FrameSource,
+    GroundTruthVideo,
+    MissingFileError,
+    Point,
+    Prompt,
+    TrackInfo,
+    VideoPrediction,
+    VideoRecord,
+)
+
+FORMAT = "burst"
+
+
+def _int(obj: dict, key: str, where: str) -> int:
+    value = require_key(obj, key, where, (int,))
+    if isinstance(value, bool):
+        raise AnnotationFormatError(f"{where}: field '{key}' must be int, got bool")
+    return int(value)
+
+
+def _track_id(key: Any, where: str) -> int:
+    if not (isinstance(key, str) and key.isdigit() and int(key) > 0):
+        raise AnnotationFormatError(f"{where}: track id {key!r} must be a positive integer string")
+    return int(key)
+
+
+def _rle(value: Any, height: int, width: int, where: str) -> RLE:
+    """A BURST mask entry's `rle` (counts string, or an RLE dict whose size must be [height, width])."""
+    rle = require_key(value, "rle", where)
+    if isinstance(rle, str):
+        rle = {"size": [height, width], "counts": rle}
+    elif not isinstance(rle, dict):
+        raise AnnotationFormatError(f"{where}: field 'rle' must be a counts string or an RLE object")
+    return to_compressed_rle(rle, height, width, where)
+
+
+def _area(rle: RLE) -> int:
+    return int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+
+
+def parse_sequences(data: Any, path: Path) -> list[dict[str, Any]]:
+    """Top-level checks: an object with a `sequences` list."""
+    if not isinstance(data, dict):
+        raise AnnotationFormatError(f"{path}: top level must be an object, got {type(data).__name__}")
+    seqs = require_key(data, "sequences", str(path), (list,))
+    check_unique(
+        (_int(s, "id", f"{path} sequences[{i}]") for i, s in enumerate(seqs)), str(path), "sequence id"
+    )
+    return seqs
+
+
+def _read_categories(data: dict, path: Path) -> list[Category]:
+    cats = require_key(data, "categories", str(path), (list,))
+    out = [
+        Category(
+            id=_int(c, "id", f"{path} categories[{i}]"),
+            name=str(require_key(c, "name", f"{path} categories[{i}]", (str,))),
+        )
+        for i, c in enumerate(cats)
+    ]
+    check_unique((c.id for c in out), str(path), "category id")
+    return out
+
+
+def _frames(seq: dict, where: str, seq_dir: Path, check_frames: bool) -> tuple[FrameSource, dict[str, int]]:
+    all_paths = require_key(seq, "all_image_paths", where, (list,))
+    if not all_paths or not all(isinstance(p, str) for p in all_paths):
+        raise AnnotationFormatError(f"{where}: 'all_image_paths' must be a non-empty list of strings")
+    check_unique(all_paths, where, "image path in 'all_image_paths'")
+    paths = [seq_dir / p for p in all_paths]
+    if check_frames:
+        present = set(os.listdir(seq_dir)) if seq_dir.is_dir() else None
+        if present is None:
+            raise MissingFileError(f"{seq_dir}: frame folder of {where} does not exist")
+        for rel, p in zip(all_paths, paths):
+            if (rel not in present) if "/" not in rel else not p.is_file():
+                raise MissingFileError(f"{p}: frame listed in {where} 'all_image_paths' does not exist")
+    names = [Path(p).stem for p in all_paths]
+    return FrameSource(kind="images", paths=paths, names=names), {p: i for i, p in enumerate(all_paths)}
+
+
+def _read_sequence(
+    seq: Any, i: int, path: Path, image_root: Path, split: str, cat_ids: set[int], check_frames: bool
+) -> VideoRecord:
+    where = f"{path} sequences[{i}]"
+    sid = _int(seq, "id", where)
+    dataset = require_key(seq, "dataset", where, (str,))
+    seq_name = require_key(seq, "seq_name", where, (str,))
+    where = f"{path} sequence {sid} ({dataset}/{seq_name})"
+    height, width = _int(seq, "height", where), _int(seq, "width", where)
+    frames, index = _frames(seq, where, image_root / split / dataset / seq_name, check_frames)
+    annotated = require_key(seq, "annotated_image_paths", where, (list,))
+    if not annotated:
+        raise AnnotationFormatError(
+            f"{where}: 'annotated_image_paths' is empty (a sequence needs annotated frames)"
+        )
+    for p in annotated:
+        if p not in index:
+            raise AnnotationFormatError(f"{where}: annotated image {p!r} is not in 'all_image_paths'")
+    check_unique(annotated, where, "image path in 'annotated_image_paths'")
+    segs = require_key(seq, "segmentations", where, (list,))
+    if len(segs) != len(annotated):
+        raise AnnotationFormatError(
+            f"{where}: 'segmentations' has {len(segs)} entries, 'annotated_image_paths' {len(annotated)}"
+        )
+    tcats = require_key(seq, "track_category_ids", where, (dict,))
+    tracks: dict[int, TrackInfo] = {}
+    for key, cat in tcats.items():
+        tid = _track_id(key, f"{where} track_category_ids")
+        if not isinstance(cat, int) or cat not in cat_ids:
+            raise AnnotationFormatError(f"{where}: track {tid} has category id {cat!r}, not in 'categories'")
+        tracks[tid] = TrackInfo(track_id=tid, category_id=cat)
+    annotations, auto_masks = [], []
+    for j, (img, seg) in enumerate(zip(annotated, segs)):
+        w = f"{where} segmentations[{j}] ({img})"
+        if not isinstance(seg, dict):
+            raise AnnotationFormatError(f"{w}: must be an object mapping track ids to masks")
+        frame = index[img]
+        rles: dict[int, RLE | None] = {}
+        for key, value in seg.items():
+            tid = _track_id(key, w)
+            if tid not in tracks:
+                raise AnnotationFormatError(f"{w}: track id {tid} is not in 'track_category_ids'")
+            rles[tid] = _rle(value, height, width, f"{w} track {tid}")
+            if value.get("is_gt") is False:
+                auto_masks.append((frame, tid))
+        nonempty = frozenset(t for t, r in rles.items() if r is not None and _area(r) > 0)
+        annotations.append(FrameAnnotation(frame=frame, rles=rles, track_ids=nonempty))
+    annotations.sort(key=lambda a: a.frame)
+    fps = seq.get("fps")
+    meta = {
+        "burst_id": sid,
+        "dataset": dataset,
+        "seq_name": seq_name,
+        "all_image_paths": list(seq["all_image_paths"]),
+        "annotated_image_paths": list(annotated),
+        "neg_category_ids": list(seq.get("neg_category_ids") or []),
+        "not_exhaustive_category_ids": list(seq.get("not_exhaustive_category_ids") or []),
+        "auto_masks": auto_masks,
+    }
+    return VideoRecord(
+        video_id=str(sid),
+        frames=frames,
+        height=height,
+        width=width,
+        fps=float(fps) if isinstance(fps, int | float) else None,
+        tracks=tracks,
+        annotations=annotations,
+        meta=meta,
+    )
+
+
+def _first_appearance_prompts(video: VideoRecord) -> list[Prompt]:
+    first: dict[int, int] = {}
+    for ann in video.annotations:
+        for tid in ann.track_ids:
+            first.setdefault(tid, ann.frame)
+    return [Prompt(track_id=t, frame=f) for t, f in sorted(first.items())]
+
+
+def _point(value: Any, where: str) -> Point:
+    if isinstance(value, dict) and "x" in value and "y" in value:
+        x, y = value["x"], value["y"]
+    elif isinstance(value, list) and len(value) == 2:
+        x, y = value
+    else:
+        raise AnnotationFormatError(f"{where}: 'point' must be {{'x': .., 'y': ..}} or [x, y]")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (x, y)):
+        raise AnnotationFormatError(f"{where}: 'point' coordinates must be numbers")
+    return Point(float(x), float(y))
+
+
+def _read_first_frame(path: Path, videos: dict[int, VideoRecord]) -> None:
+    """Set each video's prompts from first_frame_annotations.json (one entry per track)."""
+    data = load_json(path)
+    seqs = parse_sequences(data, path)
+    for i, seq in enumerate(seqs):
+        sid = _int(seq, "id", f"{path} sequences[{i}]")
+        where = f"{path} sequence {sid}"
+        if sid not in videos:
+            raise AnnotationFormatError(f"{where}: not a sequence of all_classes.json")
+        video = videos[sid]
+        index = {p: k for k, p in enumerate(video.meta["all_image_paths"])}
+        annotated = require_key(seq, "annotated_image_paths", where, (list,))
+        segs = require_key(seq, "segmentations", where, (list,))
+        if len(segs) != len(annotated):
+            raise AnnotationFormatError(
+                f"{where}: 'segmentations' and 'annotated_image_paths' differ in length"
+            )
+        prompts: dict[int, Prompt] = {}
+        for img, seg in zip(annotated, segs):
+            if img not in index:
+                raise AnnotationFormatError(
+                    f"{where}: annotated image {img!r} is not in the sequence's frames"
+                )
+            frame = index[img]
+            if not isinstance(seg, dict):
+                raise AnnotationFormatError(f"{where} ({img}): segmentation entry must be an object")
+            for key, value in seg.items():
+                w = f"{where} ({img}) track {key}"
+                tid = _track_id(key, w)
+                if tid not in video.tracks:
+                    raise AnnotationFormatError(f"{w}: track id {tid} is not a track of the sequence")
+                if tid in prompts:
+                    raise AnnotationFormatError(f"{w}: track {tid} appears more than once")
+                ann = video.annotation_at(frame)
+                if ann is None or tid not in ann.track_ids:
+                    raise AnnotationFormatError(
+                        f"{w}: all_classes.json has no mask of track {tid} at {img!r}"
+                    )
+                bbox = require_key(value, "bbox", w, (list,))
+                if len(bbox) != 4:
+                    raise AnnotationFormatError(f"{w}: 'bbox' must be [x, y, w, h]")
+                point = _point(require_key(value, "point", w), w)
+                prompts[tid] = Prompt(
+                    track_id=tid, frame=frame, point=point, bbox=tuple(float(b) for b in bbox)
+                )
+        missing = sorted(set(t for a in video.annotations for t in a.track_ids) - set(prompts))
+        if missing:
+            raise AnnotationFormatError(f"{where}: track {missing[0]} has no first-frame annotation")
+        video.prompts = [prompts[t] for t in sorted(prompts)]
+
+
+def read(
+    root: str | Path,
+    split: str,
+    *,
+    image_root: str | Path | None = None,
+    ann_file: str | Path | None = None,
+    first_frame_file: str | Path | bool | None = None,
+    name: str = "burst",
+    check_frames: bool = True,
+) -> DatasetRecord:
+    """Read a BURST split. Prompts (point + bbox) come from first_frame_annotations.json when it exists (or
+    the given path; `False` skips it); otherwise each track is prompted at its first annotated appearance
+    without a point (train). Category ids are LVIS ids from the file's `categories`."""
+    root = Path(root)
+    ann_path = Path(ann_file) if ann_file is not None else root / split / "all_classes.json"
+    img_root = Path(image_root) if image_root is not None else root
+    data = load_json(ann_path)
+    seqs = parse_sequences(data, ann_path)
+    categories = _read_categories(data, ann_path)
+    cat_ids = {c.id for c in categories}
+    videos = [
+        _read_sequence(s, i, ann_path, img_root, split, cat_ids, check_frames) for i, s in enumerate(seqs)
+    ]
+    ff_path = (
+        root / split / "first_frame_annotations.json"
+        if first_frame_file in (None, True)
+        else first_frame_file
+    )
+    use_ff = first_frame_file is not False and (first_frame_file is not None or Path(ff_path).is_file())
+    if use_ff:
+        _read_first_frame(Path(ff_path), {v.meta["burst_id"]: v for v in videos})
+    else:
+        for v in videos:
+            v.prompts = _first_appearance_prompts(v)
+    meta = {
+        "ann_file": str(ann_path),
+        "image_root": str(img_root),
+        "split_in_file": data.get("split"),
+        "first_frame_file": str(ff_path) if use_ff else None,
+    }
+    return DatasetRecord(
+        name=name, format=FORMAT, split=split, root=root, categories=categories, videos=videos, meta=meta
+    )
+
+
+def write_ground_truth(
+    root: str | Path, split: str, videos: list[GroundTruthVideo], categories: list[Category], **options: Any
+) -> Path:
+    """Write frames and all_classes.json / first_frame_annotations.json / common_classes.json /
+    uncommon_classes.json (options: see `_burst_write.write_ground_truth`). Returns all_classes.json."""
+    from vidseg.data.formats import _burst_write
+
+    return _burst_write.write_ground_truth(root, split, videos, categories, **options)
+
+
+def write_results(
+    out: str | Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any
+) -> Path:
+    """Write the BURST results JSON (see `_burst_write.write_results`)."""
+    from vidseg.data.formats import _burst_write
+
+    return _burst_write.write_results(out, predictions, dataset, **options)
+
+
+def read_results(path: str | Path, dataset: DatasetRecord) -> list[VideoPrediction]:
+    """Read a BURST results JSON back (see `_burst_write.read_results`)."""
+    from vidseg.data.formats import _burst_write
+
+    return _burst_write.read_results(path, dataset)
