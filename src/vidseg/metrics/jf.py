@@ -1,0 +1,180 @@
+"""DAVIS 2017 J&F (semi-supervised and unsupervised), equal to `davisvideochallenge/davis2017-evaluation`.
+
+Predictions are turned into the label map a DAVIS PNG writer produces (`VideoPrediction.instance_map`:
+track id = PNG value, higher score pasted last). Official semantics kept:
+- GT objects are 1..N with N = the largest id in the first annotated frame;
+- semi: frames 1..T-2 of the annotated frames are scored, void is not used, a predicted id > N is an error;
+- unsupervised: all frames scored, void pixels removed from both sides, proposals 1..max predicted id
+  (<= max_proposals, padded with empty ones to N) matched to GT by Hungarian matching on mean (J + F) / 2;
+- per object: mean, recall (> 0.5), decay (4 bins, uint8 indices); global = mean over all objects of all
+  videos; J&F-Mean = (J-Mean + F-Mean) / 2.
+States keep 6 numbers per object ([J mean, recall, decay, F mean, recall, decay]), not masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torchmetrics import Metric
+
+from vidseg.data.records import AnnotationFormatError, DatasetRecord, VideoPrediction, VideoRecord
+from vidseg.metrics._boundary import boundary_radius, davis_statistics, frame_j_and_f
+from vidseg.metrics._common import (
+    cat_state,
+    check_no_duplicate_videos,
+    check_prediction,
+    pair_videos,
+    video_sort_key,
+)
+
+JF_KEYS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+
+
+def gt_label_map(gt: VideoRecord, frame_pos: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label map int32 [H, W] and void mask of the GT annotation at position `frame_pos` of the annotations
+    list. Overlapping GT masks cannot be a DAVIS label map: error."""
+    ann = gt.annotations[frame_pos]
+    labels = ann.decode()
+    out = np.zeros((gt.height, gt.width), dtype=np.int32)
+    for tid, mask in labels.masks.items():
+        if mask.shape != (gt.height, gt.width):
+            raise AnnotationFormatError(
+                f"GT video {gt.video_id!r} frame {ann.frame} track {tid}: mask {mask.shape} differs from the "
+                f"video size ({gt.height}, {gt.width})"
+            )
+        if (out[mask] != 0).any():
+            raise AnnotationFormatError(
+                f"GT video {gt.video_id!r} frame {ann.frame}: track {tid} overlaps another track (J&F needs a "
+                "label map)"
+            )
+        out[mask] = tid
+    return out, labels.void
+
+
+class DavisJF(Metric):
+    """DAVIS J&F (0-1 scale). mode: "semi" (DAVIS 2017 semi-supervised) or "unsupervised"."""
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(
+        self,
+        mode: Literal["semi", "unsupervised"] = "semi",
+        bound_th: float = 0.008,
+        max_proposals: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if mode not in ("semi", "unsupervised"):
+            raise ValueError(f"DavisJF: mode must be 'semi' or 'unsupervised', got {mode!r}")
+        self.mode = mode
+        self.bound_th = bound_th
+        self.max_proposals = max_proposals
+        self.add_state("object_stats", default=[], dist_reduce_fx="cat")  # float64 [n_objects, 6]
+        self.add_state("video_keys", default=[], dist_reduce_fx="cat")  # int64 [V]
+
+    def update(self, pred: VideoPrediction, gt: VideoRecord) -> None:  # type: ignore[override]
+        """Score one video and keep the per-object statistics."""
+        check_prediction(pred, gt)
+        per_frame_j, per_frame_f = self.video_j_and_f(pred, gt)
+        rows = []
+        for j, f in zip(per_frame_j, per_frame_f):
+            rows.append([*davis_statistics(j), *davis_statistics(f)])
+        self.object_stats.append(torch.tensor(rows, dtype=torch.float64).reshape(-1, 6))
+        self.video_keys.append(torch.tensor([video_sort_key(gt.video_id)], dtype=torch.int64))
+
+    def video_j_and_f(self, pred: VideoPrediction, gt: VideoRecord) -> tuple[np.ndarray, np.ndarray]:
+        """Per GT object (1..N) and scored frame: J and F, both [N, T_scored] (matched proposals in
+        unsupervised mode, in proposal order as the official code returns them)."""
+        where = f"video {gt.video_id!r}"
+        if not gt.annotations:
+            raise AnnotationFormatError(f"GT {where}: no annotated frame")
+        first_labels, first_void = gt_label_map(gt, 0)
+        num_objects = int(first_labels.max(initial=0))
+        positions = list(range(len(gt.annotations)))
+        if self.mode == "semi":
+            if len(positions) < 3:
+                raise AnnotationFormatError(
+                    f"GT {where}: semi-supervised J&F scores annotated frames 1..T-2 and needs at least 3 "
+                    f"annotated frames, got {len(positions)}"
+                )
+            positions = positions[1:-1]
+        radius = boundary_radius(gt.height, gt.width, self.bound_th)
+        gt_objects = np.arange(1, num_objects + 1)
+        frames = []
+        for pos in positions:
+            labels, void = (first_labels, first_void) if pos == 0 else gt_label_map(gt, pos)
+            frame = gt.annotations[pos].frame
+            pred_labels = pred.instance_map(frame)
+            if self.mode == "unsupervised" and void is not None:
+                pred_labels = np.where(void, 0, pred_labels)
+                labels = np.where(void, 0, labels)
+            frames.append((frame, labels, pred_labels))
+        if self.mode == "semi":
+            return self._semi(frames, gt_objects, radius, where)
+        return self._unsupervised(frames, gt_objects, radius, where)
+
+    def _semi(self, frames: list, gt_objects: np.ndarray, radius: int, where: str) -> tuple[np.ndarray, ...]:
+        n = len(gt_objects)
+        j_all, f_all = np.zeros((n, len(frames))), np.zeros((n, len(frames)))
+        pairs = np.stack([np.arange(n), np.arange(n)], axis=1)
+        for t, (frame, labels, pred_labels) in enumerate(frames):
+            top = int(pred_labels.max(initial=0))
+            if top > n:
+                raise AnnotationFormatError(
+                    f"prediction for {where} frame {frame}: object id {top} is higher than the number of GT "
+                    f"objects ({n}, the largest id in the first annotated frame)"
+                )
+            if n:
+                j_all[:, t], f_all[:, t] = frame_j_and_f(labels, pred_labels, gt_objects, gt_objects, pairs, radius)
+        return j_all, f_all
+
+    def _unsupervised(self, frames: list, gt_objects: np.ndarray, radius: int, where: str) -> tuple[np.ndarray, ...]:
+        n = len(gt_objects)
+        num_props = max((int(p.max(initial=0)) for _, _, p in frames), default=0)
+        if num_props > self.max_proposals:
+            raise AnnotationFormatError(
+                f"prediction for {where}: proposal id {num_props} is higher than the maximum number of "
+                f"proposals ({self.max_proposals})"
+            )
+        k = max(num_props, n)  # fewer proposals than objects: padded with empty ones
+        props = np.arange(1, k + 1)
+        j = np.zeros((k, n, len(frames)))
+        f = np.zeros((k, n, len(frames)))
+        if n:
+            for t, (_, labels, pred_labels) in enumerate(frames):
+                j[:, :, t], f[:, :, t] = frame_j_and_f(labels, pred_labels, gt_objects, props, None, radius)
+        if n == 0:
+            return np.zeros((0, len(frames))), np.zeros((0, len(frames)))
+        score = (np.mean(j, axis=2) + np.mean(f, axis=2)) / 2
+        rows, cols = linear_sum_assignment(-score)
+        return j[rows, cols, :], f[rows, cols, :]
+
+    def compute(self) -> dict[str, float]:
+        """Global J&F over all objects of all videos (0-1); NaN when no object was scored."""
+        check_no_duplicate_videos(cat_state(self.video_keys, torch.int64).cpu(), type(self).__name__)
+        stats = cat_state(self.object_stats, torch.float64, 6).cpu().numpy()
+        if len(stats) == 0:
+            return {k: float("nan") for k in JF_KEYS}
+        means = stats.mean(axis=0)
+        return {
+            "J&F-Mean": float((means[0] + means[3]) / 2.0),
+            "J-Mean": float(means[0]),
+            "J-Recall": float(means[1]),
+            "J-Decay": float(means[2]),
+            "F-Mean": float(means[3]),
+            "F-Recall": float(means[4]),
+            "F-Decay": float(means[5]),
+        }
+
+
+def from_records(gt: DatasetRecord, preds: list[VideoPrediction], **kwargs: Any) -> dict[str, float]:
+    """DAVIS J&F over a dataset split; kwargs go to `DavisJF` (mode, bound_th, max_proposals)."""
+    metric = DavisJF(**kwargs)
+    for video, pred in pair_videos(gt, preds):
+        metric.update(pred, video)
+    return metric.compute()
