@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -190,3 +191,17 @@ def test_writer_rejects_max_id_not_in_first_frame(tmp_path: Path) -> None:
     videos[0].instance_maps[0][videos[0].instance_maps[0] == 3] = 0  # N would be 1, ids 2, 3 come later
     with pytest.raises(ValueError, match=r"'alpha': the largest object id 3 is not in frame 0"):
         davis.write_ground_truth(tmp_path, "val", videos, CATEGORIES)
+
+
+def test_missing_middle_annotation(copy: Path) -> None:
+    (copy / "Annotations/480p/alpha/00003.png").unlink()
+    with pytest.raises(
+        AnnotationFormatError, match=r"alpha/00003.png: missing; sequence 'alpha' has 5 annotation"
+    ):
+        davis.read(copy, "val")
+
+
+def test_records_pickle_for_dataloader_workers(written: tuple[Path, list]) -> None:
+    ds = davis.read(written[0], "val")
+    ann = pickle.loads(pickle.dumps(ds.videos[1].annotations[3]))
+    np.testing.assert_array_equal(ann.decode().masks[1], written[1][1].instance_maps[3] == 1)

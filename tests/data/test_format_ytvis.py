@@ -208,3 +208,10 @@ def test_bad_annotation_file(tmp_path: Path, written: tuple[Path, list], edit, p
     with pytest.raises(AnnotationFormatError, match=pattern) as info:
         _read_bad(_corrupt(tmp_path, written, edit), written)
     assert "bad.json" in str(info.value)
+
+
+def test_relative_ann_file_and_image_root(written: tuple[Path, list]) -> None:
+    root, _ = written
+    ds = ytvis.read(root, "anything", ann_file="train/instances.json", image_root="train/JPEGImages")
+    assert ds.videos[0].frames.paths[0] == root / "train/JPEGImages/alpha/00000.jpg"
+    assert [v.meta["name"] for v in ds.videos] == ["alpha", "beta"]

@@ -90,6 +90,13 @@ def _read_sequence(
         raise AnnotationFormatError(
             f"{ann_dir}: sequence {seq!r} has no annotation PNG (the first frame is needed)"
         )
+    if 1 < len(pngs) < len(frame_files):
+        have = {p.stem for p in pngs}
+        missing = next(n for n in names if n not in have)
+        raise AnnotationFormatError(
+            f"{ann_dir / (missing + '.png')}: missing; sequence {seq!r} has {len(pngs)} annotation PNGs for "
+            f"{len(frame_files)} frames (expected one per frame, or only the first for test sets)"
+        )
     num_objects = 0
     annotations: list[FrameAnnotation] = []
     first_seen: dict[int, int] = {}

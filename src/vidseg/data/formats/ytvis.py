@@ -105,7 +105,8 @@ def _read_video(v: Any, i: int, ann_path: Path, image_root: Path, check_frames: 
     if check_frames:
         _check_frames_exist(paths, where)
     frames = FrameSource(kind="images", paths=paths, names=[Path(f).stem for f in file_names])
-    meta = {"ytvis_id": vid, "file_names": list(file_names)}
+    name = v.get("name") or Path(file_names[0]).parent.as_posix()
+    meta = {"ytvis_id": vid, "name": name, "file_names": list(file_names)}
     return VideoRecord(video_id=str(vid), frames=frames, height=height, width=width, meta=meta)
 
 
