@@ -1,0 +1,206 @@
+"""Helpers shared by the dense (label-map) metrics VPQ, STQ and mIoU: vocabulary lookup tables, pairing of
+prediction frames with annotated GT frames, GT/prediction panoptic maps as compact int64 arrays, and
+linear-time unique/pair counting. Private to `vidseg.metrics`.
+
+Conventions of the arrays produced here: a semantic map holds the *vocabulary index* 0..C-1 of each pixel
+and C for void (IGNORE_LABEL or FrameLabels.void); an instance map holds a small positive slot per GT track
+(0 for stuff, crowd and void) or the predicted instance id (0 for stuff / no instance, forced to 0 on void).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from vidseg.data.formats.vps_common import prediction_frames, prediction_panoptic_maps
+from vidseg.data.records import (
+    IGNORE_LABEL,
+    AnnotationFormatError,
+    Category,
+    FrameLabels,
+    VideoPrediction,
+    VideoRecord,
+)
+
+_DENSE_SPAN_LIMIT = 1 << 16
+
+
+class Vocabulary:
+    """Dataset category id -> contiguous index 0..C-1 (vocabulary order), IGNORE_LABEL -> C (void)."""
+
+    def __init__(self, categories: Sequence[Category], things: Sequence[int] | None = None) -> None:
+        if not categories:
+            raise ValueError("a dense metric needs a non-empty vocabulary (categories)")
+        ids = [int(c.id) for c in categories]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate category ids in the vocabulary: {ids}")
+        if any(i < 0 or i == IGNORE_LABEL for i in ids):
+            raise ValueError(f"category ids must be >= 0 and != {IGNORE_LABEL}: {ids}")
+        self.categories = list(categories)
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.num_classes = len(ids)
+        thing_ids = {c.id for c in categories if c.isthing} if things is None else set(things)
+        unknown = thing_ids - set(ids)
+        if unknown:
+            raise ValueError(f"thing ids {sorted(unknown)} are not in the vocabulary")
+        # index -> isthing, with the void index C last (never a thing)
+        self.isthing = np.array([i in thing_ids for i in ids] + [False], dtype=bool)
+        self.lut = np.full(max(max(ids), IGNORE_LABEL) + 1, -1, dtype=np.int64)
+        self.lut[self.ids] = np.arange(self.num_classes)
+        self.lut[IGNORE_LABEL] = self.num_classes
+        self.identity = ids == list(range(self.num_classes))
+
+    @property
+    def void(self) -> int:
+        return self.num_classes
+
+    def index(self, semantic: np.ndarray, where: str, *, allow_void: bool = True) -> np.ndarray:
+        """int64 vocabulary indices of a map of category ids; unknown ids raise naming `where`."""
+        sem = np.asarray(semantic)
+        if sem.dtype.kind not in "iu":
+            raise AnnotationFormatError(f"{where}: semantic map must be integer, got {sem.dtype}")
+        lo, hi = (int(sem.min()), int(sem.max())) if sem.size else (0, 0)
+        if lo < 0 or hi >= len(self.lut):
+            bad = lo if lo < 0 else hi
+            raise AnnotationFormatError(f"{where}: semantic id {bad} is not a category id of the vocabulary")
+        out = self.lut[sem]
+        bad = out < 0
+        if not allow_void:
+            bad |= out == self.void
+        if bad.any():
+            raise AnnotationFormatError(
+                f"{where}: semantic id {int(sem[bad].flat[0])} is not a category id of the vocabulary"
+            )
+        return out
+
+
+def compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique values, inverse index per element) of an int array. Linear-time (bincount) when the
+    value range is small compared to the array, np.unique otherwise."""
+    flat = np.asarray(values, dtype=np.int64).ravel()
+    if flat.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo, hi = int(flat.min()), int(flat.max())
+    span = hi - lo + 1
+    if span <= max(4 * flat.size, _DENSE_SPAN_LIMIT):
+        shifted = flat - lo if lo else flat
+        present = np.bincount(shifted, minlength=span) > 0
+        slot = np.cumsum(present) - 1
+        return np.flatnonzero(present) + lo, slot[shifted]
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    return uniq, inverse.ravel()
+
+
+def pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Co-occurrence counts of two equally shaped int maps: (a values, b values, counts) of every pair
+    that occurs at least once."""
+    ua, ia = compact(a)
+    ub, ib = compact(b)
+    counts = np.bincount(ia * len(ub) + ib, minlength=len(ua) * len(ub)).reshape(len(ua), len(ub))
+    ra, rb = np.nonzero(counts)
+    return ua[ra], ub[rb], counts[ra, rb]
+
+
+def scored_frames(
+    pred: VideoPrediction, gt: VideoRecord, kind: str
+) -> Iterator[tuple[int, FrameLabels, np.ndarray, np.ndarray | None]]:
+    """For each annotated GT frame (in order): (frame index, decoded GT labels, predicted semantic map,
+    predicted instance map or None). `kind` is "panoptic" (panoptic_maps, or tracks pasted over
+    semantic_maps) or "semantic" (semantic_maps). Prediction frames are found by frame name."""
+    where = f"prediction for video {gt.video_id!r}"
+    if pred.video_id != gt.video_id:
+        raise AnnotationFormatError(f"{where}: paired with a prediction for video {pred.video_id!r}")
+    if kind == "panoptic":
+        if pred.panoptic_maps is None and pred.semantic_maps is None:
+            raise AnnotationFormatError(f"{where}: no panoptic_maps (nor semantic_maps) to score")
+        maps: list = prediction_panoptic_maps(pred, "metric")
+    else:
+        if pred.semantic_maps is None:
+            raise AnnotationFormatError(f"{where}: no semantic_maps to score")
+        if len(pred.semantic_maps) != len(pred.frame_names):
+            raise AnnotationFormatError(
+                f"{where}: {len(pred.semantic_maps)} semantic maps for {len(pred.frame_names)} frame names"
+            )
+        maps = [(m, None) for m in pred.semantic_maps]
+    positions = prediction_frames(pred, gt, gt.annotated_frames, "metric")
+    for ann, pos in zip(gt.annotations, positions):
+        sem, inst = maps[pos]
+        if sem is None:
+            raise AnnotationFormatError(f"{where}: frame {gt.frames.names[ann.frame]!r} has no prediction")
+        if sem.shape != (gt.height, gt.width):
+            raise AnnotationFormatError(
+                f"{where}: frame {gt.frames.names[ann.frame]!r} map shape {sem.shape} != "
+                f"{(gt.height, gt.width)}"
+            )
+        yield ann.frame, ann.decode(), np.asarray(sem), None if inst is None else np.asarray(inst)
+
+
+class TrackSlots:
+    """Small positive slots for the GT track ids of one video (sorted track ids first), so GT keys stay in
+    a small integer range whatever the format's track ids are (KITTI-STEP uses ``class << 16 | id``)."""
+
+    def __init__(self, gt: VideoRecord) -> None:
+        self.slot = {tid: i + 1 for i, tid in enumerate(sorted(gt.tracks))}
+        self.crowd = {tid for tid, info in gt.tracks.items() if info.iscrowd}
+
+    def get(self, tid: int) -> int:
+        if tid not in self.slot:
+            self.slot[tid] = len(self.slot) + 1
+        return self.slot[tid]
+
+
+def gt_panoptic(
+    labels: FrameLabels, vocab: Vocabulary, slots: TrackSlots, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(semantic index int64, track slot int64) of one GT frame. Void = IGNORE_LABEL or labels.void;
+    crowd tracks (TrackInfo.iscrowd) and thing pixels without a track keep slot 0 (crowd)."""
+    if labels.semantic is None:
+        raise AnnotationFormatError(f"{where}: GT has no semantic map (a panoptic/semantic format is needed)")
+    sem = vocab.index(labels.semantic, f"{where} (GT)")
+    shape = sem.shape
+    if labels.void is not None:
+        if labels.void.shape != shape:
+            raise AnnotationFormatError(f"{where}: GT void mask shape {labels.void.shape} != {shape}")
+        sem = np.where(labels.void, vocab.void, sem)
+    inst = np.zeros(shape, dtype=np.int64)
+    for tid, mask in labels.masks.items():
+        if mask.shape != shape:
+            raise AnnotationFormatError(f"{where}: GT track {tid} mask shape {mask.shape} != {shape}")
+        if tid not in slots.crowd:
+            inst[mask] = slots.get(tid)
+    inst[sem == vocab.void] = 0
+    return sem, inst
+
+
+def pred_panoptic(
+    sem: np.ndarray, inst: np.ndarray, vocab: Vocabulary, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(semantic index int64, instance int64) of one predicted frame; instance forced to 0 on void."""
+    sem_idx = vocab.index(sem, f"{where} (prediction)")
+    if inst.shape != sem.shape:
+        raise AnnotationFormatError(f"{where}: instance map shape {inst.shape} != semantic {sem.shape}")
+    inst64 = np.asarray(inst, dtype=np.int64)
+    if inst64.size and int(inst64.min()) < 0:
+        raise AnnotationFormatError(f"{where}: negative predicted instance id {int(inst64.min())}")
+    return sem_idx, np.where(sem_idx == vocab.void, 0, inst64)
+
+
+def tensor(x: np.ndarray | float | int, like: torch.Tensor) -> torch.Tensor:
+    """A numpy value as a tensor with the dtype and device of a metric state."""
+    return torch.as_tensor(np.asarray(x), dtype=like.dtype).to(like.device)
+
+
+def encode_name(name: str, width: int = 128) -> torch.Tensor:
+    """A video id as a fixed-width uint8 row (DDP-gatherable 'cat' state); longer ids are refused."""
+    raw = name.encode("utf-8")
+    if len(raw) > width:
+        raise ValueError(f"video id {name!r} is longer than {width} bytes")
+    out = torch.zeros(1, width, dtype=torch.uint8)
+    out[0, : len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    return out
+
+
+def decode_name(row: torch.Tensor) -> str:
+    return bytes(row[row > 0].tolist()).decode("utf-8")
