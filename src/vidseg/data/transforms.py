@@ -170,8 +170,9 @@ class ClipTransform:
         cw = max(1, int(round(self.crop_fraction[1] * width)))
         if (ch, cw) == (height, width):
             return 0, 0, height, width
-        if reference_frame is not None:
-            present = masks[:, reference_frame]  # VOS: every prompt mask must survive the crop
+        if reference_frame is not None:  # VOS: every non-empty prompt mask must survive the crop
+            present = masks[:, reference_frame]
+            present = present[_any_pixel(present)]
         else:
             present = masks.flatten(0, 1)  # any target in any frame
         for _ in range(self.crop_retries):
