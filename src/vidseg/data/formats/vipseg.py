@@ -22,17 +22,22 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from vidseg.data.formats.cityscapes_vps import decode_frame, parse_categories, parse_segments
+from vidseg.data.formats.cityscapes_vps import parse_categories, parse_segments
 from vidseg.data.formats.common import (
     check_unique,
     davis_palette,
     load_json,
     read_png,
     require_dir,
-    require_file,
     require_key,
     sorted_frame_files,
     write_json_atomic,
+)
+from vidseg.data.formats.vipseg_converted import (
+    MAX_STUFF_VALUE,
+    add_converted_entry,
+    converted_json_path,
+    read_converted,
 )
 from vidseg.data.formats.vps_common import (
     SegmentIds,
@@ -66,12 +71,7 @@ from vidseg.data.records import (
 
 FORMAT = "vipseg"
 CATEGORIES_FILE = "panoVIPSeg_categories.json"
-MAX_STUFF_VALUE = 124
 NUM_CODES = 2**16
-
-
-def converted_json_path(root: Path, split: str) -> Path:
-    return Path(root) / f"panoptic_gt_VIPSeg_{split}.json"
 
 
 def load_categories(root: Path) -> list[Category]:
@@ -151,7 +151,7 @@ def read(
         raise TypeError(f"vipseg.read: unknown options {sorted(options)}")
     root = Path(root)
     if layout == "converted" or (layout == "auto" and converted_json_path(root, split).is_file()):
-        return _read_converted(root, split)
+        return read_converted(root, split)
     cats = load_categories(root)
     vocabulary = tuple((c.id, c.isthing) for c in cats)
     if require_annotations is None:
@@ -195,61 +195,6 @@ def read(
             )
     return DatasetRecord(name=FORMAT, format=FORMAT, split=split, root=root, categories=cats, videos=videos,
                          meta={"layout": "raw"})  # fmt: skip
-
-
-def _read_converted(root: Path, split: str) -> DatasetRecord:
-    json_path = converted_json_path(root, split)
-    data = load_json(json_path)
-    where = str(json_path)
-    cats = parse_categories(require_key(data, "categories", where, list), where)
-    cat_ids = {c.id for c in cats}
-    things = tuple(c.id for c in cats if c.isthing)
-    anns_by_video = {}
-    for i, entry in enumerate(require_key(data, "annotations", where, list)):
-        vid = require_key(entry, "video_id", f"{where}: annotations[{i}]", str)
-        anns_by_video[vid] = require_key(entry, "annotations", f"{where}: annotations[{i}]", list)
-    videos = []
-    for i, entry in enumerate(require_key(data, "videos", where, list)):
-        w = f"{where}: videos[{i}]"
-        vid = check_name(require_key(entry, "video_id", w, str), w)
-        images = require_key(entry, "images", w, list)
-        if vid not in anns_by_video or len(anns_by_video[vid]) != len(images):
-            raise AnnotationFormatError(f"{w}: video {vid!r} needs one annotation per image in 'annotations'")
-        frames, annotations, tracks, file_names, sizes = [], [], {}, {}, set()
-        for t, (im, ann) in enumerate(zip(images, anns_by_video[vid])):
-            wt = f"{w} images[{t}]"
-            stem = Path(require_key(im, "file_name", wt, str)).stem
-            sizes.add((require_key(im, "height", wt, int), require_key(im, "width", wt, int)))
-            frames.append(require_file(root / "images" / vid / f"{stem}.jpg", f"frame of {vid}/{stem}"))
-            png_name = require_key(ann, "file_name", f"{wt} annotation", str)
-            png = require_file(root / "panomasksRGB" / vid / png_name, f"panomasksRGB PNG of {vid}")
-            segments = parse_segments(require_key(ann, "segments_info", wt, list), cat_ids, wt)
-            tids = set()
-            for sid, cid, crowd, _ in segments:
-                if cid in things and not crowd:
-                    if tracks.setdefault(sid, TrackInfo(track_id=sid, category_id=cid)).category_id != cid:
-                        raise AnnotationFormatError(f"{wt}: segment {sid} changes category within video {vid}")
-                    tids.add(sid)
-            annotations.append((t, png, segments, frozenset(tids)))
-            file_names[t] = png_name
-        if len(sizes) != 1:
-            raise AnnotationFormatError(f"{w}: frames of different sizes {sorted(sizes)}")
-        size = sizes.pop()
-        anns = [
-            FrameAnnotation(frame=t, label_map=png, track_ids=tids,
-                            decoder=partial(decode_frame, size=size, segments=segs, thing_ids=things))
-            for t, png, segs, tids in annotations
-        ]  # fmt: skip
-        videos.append(
-            VideoRecord(
-                video_id=vid, frames=FrameSource(kind="images", paths=frames, names=[p.stem for p in frames]),
-                height=size[0], width=size[1], tracks=dict(sorted(tracks.items())), annotations=anns,
-                meta={"file_names": file_names},
-            )
-        )  # fmt: skip
-    check_unique((v.video_id for v in videos), where, "video_id")
-    return DatasetRecord(name=FORMAT, format=FORMAT, split=split, root=root, categories=cats, videos=videos,
-                         meta={"layout": "converted"})  # fmt: skip
 
 
 def raw_track_codes(video: GroundTruthVideo) -> dict[int, int]:
@@ -326,7 +271,7 @@ def write_ground_truth(
             if layout == "converted":
                 write_frame(root / "images" / name / f"{t:08d}.jpg", frame)
                 write_id_png(root / "panomasksRGB" / name / f"{t:08d}.png", raw)
-                _add_converted_entry(converted, name, f"{t:08d}", raw)
+                add_converted_entry(converted, name, f"{t:08d}", raw)
                 continue
             write_frame(root / "imgs" / name / f"{t:08d}.jpg", frame)
             mask_path = root / "panomasks" / name / f"{t:08d}.png"
@@ -340,23 +285,6 @@ def write_ground_truth(
         converted["categories"] = load_json(root / CATEGORIES_FILE)
         write_json_atomic(converted_json_path(root, split), converted)
     return all_codes
-
-
-def _add_converted_entry(converted: dict, video: str, frame: str, raw: np.ndarray) -> None:
-    """Append one frame to a converted-layout JSON under construction (ids = raw values, ascending)."""
-    if not converted["videos"] or converted["videos"][-1]["video_id"] != video:
-        converted["videos"].append({"video_id": video, "images": []})
-        converted["annotations"].append({"video_id": video, "annotations": []})
-    h, w = raw.shape
-    converted["videos"][-1]["images"].append({"id": frame, "width": w, "height": h, "file_name": f"{frame}.png"})
-    values, counts = np.unique(raw, return_counts=True)
-    segments = [
-        {"id": v, "category_id": v - 1 if v <= MAX_STUFF_VALUE else v // 100 - 1, "iscrowd": 0, "area": n}
-        for v, n in zip(values.tolist(), counts.tolist()) if v != 0
-    ]  # fmt: skip
-    converted["annotations"][-1]["annotations"].append(
-        {"image_id": frame, "file_name": f"{frame}.png", "segments_info": segments}
-    )
 
 
 def write_results(out: Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any) -> Path:
