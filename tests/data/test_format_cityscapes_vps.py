@@ -200,3 +200,31 @@ def test_writer_requires_six_frames(tmp_path):
     cityscapes_vps.write_ground_truth(tmp_path, "val", [video], cityscapes_vps.default_categories(),
                                       frames_per_video=None)  # fmt: skip
     assert cityscapes_vps.read(tmp_path, "val").videos[0].video_id == "0007"
+
+
+def test_all_frames_from_img_all(written):
+    root, videos = written
+    all_dir = root / "val" / "img_all"
+    all_dir.mkdir()
+    for vid in ("0001", "0002"):
+        for f in range(30):
+            name = f"{vid}_{f:04d}_synthetic_{int(vid):06d}_{f:06d}_leftImg8bit.png"
+            Image.fromarray(np.full((64, 80, 3), f, np.uint8)).save(all_dir / name)
+    record = cityscapes_vps.read(root, "val", all_frames=True)
+    vrec = record.videos[0]
+    assert vrec.num_frames == 30 and vrec.annotated_frames == [0, 5, 10, 15, 20, 25]
+    assert vrec.frames.paths[7].parent == all_dir
+    np.testing.assert_array_equal(vrec.annotation_at(10).decode().semantic, videos[0].semantic_maps[2])
+    (all_dir / "0002_0015_synthetic_000002_000015_leftImg8bit.png").unlink()
+    with pytest.raises(AnnotationFormatError, match="annotated frame 0002_0015_synthetic_000002_000015"):
+        cityscapes_vps.read(root, "val", all_frames=True)
+
+
+def test_annotations_pickle_for_dataloader_workers(written):
+    import pickle
+
+    root, videos = written
+    ann = cityscapes_vps.read(root, "val").videos[1].annotations[3]
+    labels = pickle.loads(pickle.dumps(ann)).decode()
+    np.testing.assert_array_equal(labels.semantic, videos[1].semantic_maps[3])
+    np.testing.assert_array_equal(labels.masks[4], videos[1].instance_maps[3] == 4)

@@ -186,3 +186,16 @@ def test_results_reader_rejects_unknown_frame(written, tmp_path):
     (out / "0002" / "000003.png").rename(out / "0002" / "000099.png")
     with pytest.raises(AnnotationFormatError, match=r"000099\.png: not a frame"):
         kitti_step.read_results(out, record)
+
+
+def test_test_split_without_annotations_and_pickling(written):
+    import pickle
+
+    root, videos = written
+    (root / "images" / "val").rename(root / "images" / "test")
+    record = kitti_step.read(root, "test")
+    assert [v.annotations for v in record.videos] == [[], []] and record.videos[0].num_frames == 6
+    (root / "images" / "test").rename(root / "images" / "val")
+    ann = kitti_step.read(root, "val").videos[0].annotations[2]
+    labels = pickle.loads(pickle.dumps(ann)).decode()
+    np.testing.assert_array_equal(labels.semantic, videos[0].semantic_maps[2])

@@ -207,3 +207,12 @@ def test_results_frame_count_must_match(written, tmp_path):
     (out / "pred.json").write_text(json.dumps(data))
     with pytest.raises(AnnotationFormatError, match="5 frames, the GT has 6"):
         vipseg.read_results(out, record)
+
+
+def test_annotations_pickle_for_dataloader_workers(written):
+    import pickle
+
+    root, videos = written
+    ann = vipseg.read(root, "val").videos[0].annotations[3]
+    labels = pickle.loads(pickle.dumps(ann)).decode()
+    np.testing.assert_array_equal(labels.masks[125], videos[0].instance_maps[3] == 5)

@@ -150,3 +150,11 @@ def test_error_bad_names_file_and_writer_vocabulary(written, tmp_path):
         vspw.read(root, "val")
     with pytest.raises(AnnotationFormatError, match="0..N-1"):
         vspw.write_ground_truth(tmp_path / "w", "val", videos, [Category(1, "a", False), Category(2, "b", False)])
+
+
+def test_annotations_pickle_for_dataloader_workers(written):
+    import pickle
+
+    root, videos = written
+    ann = vspw.read(root, "val").videos[1].annotations[5]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(ann)).decode().semantic, videos[1].semantic_maps[5])
