@@ -151,9 +151,7 @@ def load_categories(root: Path, categories: list[Category] | None = None) -> lis
             )
     ids = [c.id for c in categories]
     if len(set(ids)) != len(ids) or any(not 0 <= i < IGNORE_LABEL for i in ids):
-        raise AnnotationFormatError(
-            f"{root}: KITTI-STEP category ids must be unique and in 0..254, got {ids}"
-        )
+        raise AnnotationFormatError(f"{root}: KITTI-STEP category ids must be unique and in 0..254, got {ids}")
     return categories
 
 
@@ -202,18 +200,14 @@ def read(
                 if m.stem not in index:
                     raise MissingFileError(f"{m}: panoptic map without a frame {image_dir / seq / m.stem}.*")
             scans = list(pool.map(lambda m, s=(height, width): _scan(m, s, cids, things), maps))
-            decoder = partial(
-                decode_panoptic_map, height=height, width=width, category_ids=cids, thing_ids=things
-            )
+            decoder = partial(decode_panoptic_map, height=height, width=width, category_ids=cids, thing_ids=things)
             tracks: dict[int, TrackInfo] = {}
             annotations = []
             for m, tids in zip(maps, scans):
                 for t in tids:
                     tracks.setdefault(t, TrackInfo(track_id=t, category_id=split_track_id(t)[0]))
                 annotations.append(
-                    FrameAnnotation(
-                        frame=index[m.stem], label_map=m, decoder=decoder, track_ids=frozenset(tids)
-                    )
+                    FrameAnnotation(frame=index[m.stem], label_map=m, decoder=decoder, track_ids=frozenset(tids))
                 )
             annotations.sort(key=lambda a: a.frame)
             videos.append(
@@ -258,9 +252,7 @@ def write_ground_truth(
         check_ground_truth(video, cats, f"{root} ({FORMAT} GT writer)")
         too_big = [t for t in video.track_categories if t > MAX_INSTANCE]
         if too_big:
-            raise AnnotationFormatError(
-                f"video {seq!r}: track id {too_big[0]} exceeds {MAX_INSTANCE} (G*256+B)"
-            )
+            raise AnnotationFormatError(f"video {seq!r}: track id {too_big[0]} exceeds {MAX_INSTANCE} (G*256+B)")
         for t, frame in enumerate(video.frames):
             name = f"{t:06d}.png"
             write_frame(root / "images" / split / seq / name, frame)
@@ -268,9 +260,7 @@ def write_ground_truth(
             write_rgb_png(root / "panoptic_maps" / split / seq / name, rgb)
 
 
-def write_results(
-    out: Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any
-) -> Path:
+def write_results(out: Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any) -> Path:
     """Write ``<out>/<seq>/<frame>.png`` for every annotated frame of each predicted sequence (every frame
     when the split has no annotations). Predictions: panoptic_maps or tracks + semantic_maps."""
     if options:

@@ -79,9 +79,7 @@ def write_frame(path: Path, frame: np.ndarray, jpeg_quality: int = 95) -> Path:
     """Write an RGB uint8 frame; the suffix picks the codec (.png lossless, .jpg with `jpeg_quality`)."""
     path = Path(path)
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise AnnotationFormatError(
-            f"{path}: frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}"
-        )
+        raise AnnotationFormatError(f"{path}: frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(frame, mode="RGB")
     if path.suffix.lower() in (".jpg", ".jpeg"):
@@ -138,9 +136,7 @@ def check_ground_truth(video: GroundTruthVideo, categories: Sequence[Category], 
         if cid not in cat_by_id:
             raise AnnotationFormatError(f"{where}: track {tid} has unknown category id {cid}")
         if not cat_by_id[cid].isthing:
-            raise AnnotationFormatError(
-                f"{where}: track {tid} has stuff category {cid} ({cat_by_id[cid].name})"
-            )
+            raise AnnotationFormatError(f"{where}: track {tid} has stuff category {cid} ({cat_by_id[cid].name})")
     known = np.array(sorted(cat_by_id) + [IGNORE_LABEL], dtype=np.int64)
     h, w = video.height, video.width
     for t in range(n):
@@ -155,9 +151,7 @@ def check_ground_truth(video: GroundTruthVideo, categories: Sequence[Category], 
             raise AnnotationFormatError(f"{where} frame {t}: unknown semantic id {int(sem[bad][0])}")
         for tid in np.unique(inst[inst != 0]).tolist():
             if tid not in video.track_categories:
-                raise AnnotationFormatError(
-                    f"{where} frame {t}: instance map holds track {tid} with no category"
-                )
+                raise AnnotationFormatError(f"{where} frame {t}: instance map holds track {tid} with no category")
             classes = np.unique(sem[inst == tid])
             if classes.tolist() != [video.track_categories[tid]]:
                 raise AnnotationFormatError(
@@ -178,9 +172,7 @@ def prediction_panoptic_maps(pred: VideoPrediction, where: str) -> list[tuple[np
     n, size = len(pred.frame_names), (pred.height, pred.width)
     if pred.panoptic_maps is not None:
         if len(pred.panoptic_maps) != n:
-            raise AnnotationFormatError(
-                f"{where}: {len(pred.panoptic_maps)} panoptic maps for {n} frame names"
-            )
+            raise AnnotationFormatError(f"{where}: {len(pred.panoptic_maps)} panoptic maps for {n} frame names")
         out = []
         for t, (sem, inst) in enumerate(pred.panoptic_maps):
             if sem.shape != size or inst.shape != size:
@@ -200,9 +192,7 @@ def prediction_panoptic_maps(pred: VideoPrediction, where: str) -> list[tuple[np
         if trk.track_id <= 0:
             raise AnnotationFormatError(f"{where}: track id {trk.track_id} must be positive")
         if len(trk.masks) != n:
-            raise AnnotationFormatError(
-                f"{where}: track {trk.track_id} has {len(trk.masks)} masks for {n} frames"
-            )
+            raise AnnotationFormatError(f"{where}: track {trk.track_id} has {len(trk.masks)} masks for {n} frames")
         track_class[trk.track_id] = trk.category_id
     out = []
     for t in range(n):
@@ -216,9 +206,7 @@ def prediction_panoptic_maps(pred: VideoPrediction, where: str) -> list[tuple[np
     return out
 
 
-def prediction_frames(
-    pred: VideoPrediction, video: VideoRecord, wanted: Sequence[int], where: str
-) -> list[int]:
+def prediction_frames(pred: VideoPrediction, video: VideoRecord, wanted: Sequence[int], where: str) -> list[int]:
     """Positions in `pred.frame_names` of the video frames `wanted` (indices into video.frames)."""
     pos = {name: i for i, name in enumerate(pred.frame_names)}
     if (pred.height, pred.width) != (video.height, video.width):
@@ -297,9 +285,7 @@ def labels_from_ids(
     inverse = inverse.reshape(ids.shape)
     lut = np.array([seg_class.get(int(u), IGNORE_LABEL) for u in uniq.tolist()], dtype=np.int32)
     semantic = lut[inverse]
-    masks = {
-        track_of_seg[int(u)]: inverse == k for k, u in enumerate(uniq.tolist()) if int(u) in track_of_seg
-    }
+    masks = {track_of_seg[int(u)]: inverse == k for k, u in enumerate(uniq.tolist()) if int(u) in track_of_seg}
     return semantic, masks
 
 
