@@ -89,8 +89,9 @@ def vocabulary(fmt: str) -> Vocabulary:
     shapes_1k = dict(zip(SHAPES, range(1, len(SHAPES) + 1)))
     if fmt in ("ytvis", "video"):
         return Vocabulary(_shape_vocab(range(1, len(SHAPES) + 1)), shapes_1k)
-    if fmt == "ytvos":
-        return Vocabulary(_shape_vocab(range(1, len(SHAPES) + 1)), shapes_1k)
+    if fmt == "ytvos":  # YouTube-VOS stores names only; its reader numbers the names in sorted order
+        names = sorted(SHAPES)
+        return Vocabulary(_shape_vocab(range(1, len(names) + 1), names), {n: names.index(n) + 1 for n in SHAPES})
     if fmt == "davis":  # DAVIS has no classes; all objects visible in frame 0 (N = max id of frame 0)
         return Vocabulary(_shape_vocab(range(1, len(SHAPES) + 1)), shapes_1k, scene={"all_visible_at_start": True})
     if fmt == "burst":
@@ -104,7 +105,10 @@ def vocabulary(fmt: str) -> Vocabulary:
         )
     if fmt == "cityscapes_vps":
         shape_cat = {"disc": 11, "triangle": 12, "square": 13, "ring": 17, "cross": 18}
-        return Vocabulary(_cityscapes_categories(range(11, 19)), shape_cat, CITYSCAPES_STUFF)
+        # the GroundTruthVideo holds the annotated frames only: exactly 6 per video (named 5k in the writer)
+        return Vocabulary(
+            _cityscapes_categories(range(11, 19)), shape_cat, CITYSCAPES_STUFF, scene={"num_frames": 6}
+        )
     if fmt == "vipseg":
         shape_cat = dict(zip(SHAPES, (60, 61, 62, 63, 64)))
         stuff_cat = {"sky": 5, "building": 6, "vegetation": 7, "road": 8}
