@@ -103,6 +103,19 @@ def test_window_attention_mixes_frames_only_when_enabled():
             torch.testing.assert_close(base.features[2][:, 0], alone.features[2][:, 0], atol=1e-5, rtol=1e-5)
 
 
+def test_neck_under_bf16_autocast_stays_close_to_fp32():
+    torch.manual_seed(0)
+    neck = _tiny_neck().eval()
+    maps = _backbone_maps(2, 64, 64, seed=3)
+    with torch.no_grad():
+        want = neck(maps, 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = neck(maps, 2)
+    for a, b in zip(got.features + [got.mask_features], want.features + [want.mask_features]):
+        assert torch.isfinite(a).all()
+        assert ((a.float() - b).abs().max() / b.abs().max()).item() < 5e-2
+
+
 def test_activation_checkpointing_matches_plain_forward_and_grads():
     maps = _backbone_maps(2, 64, 64, seed=2)
     results = []

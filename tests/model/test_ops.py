@@ -192,3 +192,20 @@ def test_window_ops_reject_bad_sizes():
         window_partition(torch.zeros(1, 1, 6, 8, 2), 4)
     with pytest.raises(ValueError, match="expected leading dims"):
         window_merge(torch.zeros(3, 4, 2), 2, 1, 1, 4, 4)
+
+
+def test_msdeformattn_samples_in_fp32_under_autocast():
+    torch.manual_seed(0)
+    attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)
+    with torch.no_grad():
+        attn.sampling_offsets.weight.normal_(0, 0.1)
+    seen = []
+    attn.sampling_offsets.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    x = torch.randn(1, 20, 16)
+    ref = torch.rand(1, 20, 2, 2)
+    want = attn(x, ref, x, [(4, 4), (2, 2)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attn(x, ref, x, [(4, 4), (2, 2)])
+    assert seen == [torch.float32, torch.float32]  # offsets computed in fp32 in both runs
+    assert got.dtype == torch.bfloat16  # the projections follow autocast
+    torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)

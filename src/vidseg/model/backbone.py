@@ -17,11 +17,10 @@ from torch import Tensor, nn
 
 from vidseg.data.records import MissingFileError
 
-# TarViS normalisation (0-255 scale, RGB); ConvNeXt models use ImageNet statistics (tarvis.md §5).
+# TarViS normalisation (0-255 scale, RGB; tarvis.md §5). These are the ImageNet statistics times 255, so
+# ConvNeXt's "0-1 scale with ImageNet statistics" is the same transform.
 TARVIS_PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 TARVIS_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
-IMAGENET_PIXEL_MEAN: tuple[float, float, float] = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_PIXEL_STD: tuple[float, float, float] = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 WANTED_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 

@@ -50,15 +50,15 @@ def ms_deform_attn(
                                    else level_start_index)]
     # grid_sample wants [-1, 1] coordinates; heads fold into the batch dimension.
     grids = (2.0 * sampling_locations - 1.0).transpose(1, 2).reshape(n * heads, q, levels, points, 2)
-    sampled = []
+    weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, q, levels, points)
+    out = None
     for level, ((h, w), start) in enumerate(zip(shapes, starts)):
         value_l = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * heads, head_dim, h, w)
-        # -> [N*M, D, Q, P]
-        sampled.append(F.grid_sample(value_l, grids[:, :, level], mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # [N*M, D, Q, L*P]
-    weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, q, levels * points)
-    out = (stacked * weights).sum(-1)  # [N*M, D, Q]
+        sampled = F.grid_sample(value_l, grids[:, :, level], mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # [N*M, D, Q, P]
+        # accumulate level by level: no stacked [N*M, D, Q, L*P] copy
+        term = (sampled * weights[..., level, :]).sum(-1)  # [N*M, D, Q]
+        out = term if out is None else out + term
     return out.view(n, heads * head_dim, q).transpose(1, 2).contiguous()
 
 
