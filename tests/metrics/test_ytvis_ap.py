@@ -245,7 +245,8 @@ def test_hand_computed_square(side):
     Shifted frames: intersection s(s-1), union s(s+1); frame 2 adds s^2 to the union only, so
     IoU = 2s(s-1) / (2s(s+1) + s^2) = 2(s-1) / (3s+2). AP = 0.2 needs IoU in [0.55, 0.60) (only the
     thresholds 0.50 and 0.55 match, each with precision 1 at every recall point):
-    2(s-1)/(3s+2) >= 0.55 <=> s >= 9, < 0.60 <=> s < 16; s = 8 gives 0.538 (AP 0.1) and s = 16 gives 0.600 (AP 0.3). s = 10: IoU = 18/32."""
+    2(s-1)/(3s+2) >= 0.55 <=> s >= 9, < 0.60 <=> s < 16; s = 8 gives 0.538 (AP 0.1) and s = 16 gives
+    0.600 (AP 0.3). s = 10: IoU = 18/32."""
     record, pred = square_case(side)
     metric = YTVISMeanAP(category_ids=[1, 2])
     metric.update(pred, record)
