@@ -353,7 +353,7 @@ class DecordReader(_LazyVideoReader):
     def __init__(self, path: Path, num_frames: int | None = None, threads: int = 1) -> None:
         super().__init__(path, num_frames)
         self.threads = threads
-        self._padded_rows: bool | None = None
+        self._padded_rows = False  # set once get_batch is seen to fail on padded rows
 
     def _open(self) -> None:
         import decord
@@ -380,15 +380,19 @@ class DecordReader(_LazyVideoReader):
                 f"{self.path}: frame {wanted[-1]} not decodable by decord (it sees {self._decord_len} frames)"
             )
         try:
-            if self._padded_rows is None:
-                first = self._handle[wanted[0]].asnumpy()
-                self._padded_rows = first.shape[2] != 3
-            if self._padded_rows:
-                return {i: self._frame(i) for i in wanted}
-            batch = self._handle.get_batch(wanted).asnumpy()
+            if not self._padded_rows:
+                try:
+                    batch = self._handle.get_batch(wanted).asnumpy()
+                    if batch.shape[-1] == 3:
+                        return dict(zip(wanted, batch))
+                except decord.DECORDError:
+                    # padded rows make get_batch fail; anything else fails again below and is reported
+                    if self._handle[wanted[0]].shape[-1] == 3:
+                        raise
+                self._padded_rows = True
+            return {i: self._frame(i) for i in wanted}
         except decord.DECORDError as e:
             raise CorruptMediaError(f"{self.path}: error decoding frames {wanted} ({_first_line(e)})") from e
-        return dict(zip(wanted, batch))
 
 
 def _first_line(e: BaseException) -> str:
