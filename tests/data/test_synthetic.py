@@ -294,7 +294,7 @@ def test_ensure_synthetic_caches_and_is_safe_concurrently(tmp_path, monkeypatch)
         syn.ensure_synthetic("ytvis", tmp_path, **{**kw, "seed": 2})
     monkeypatch.setenv("VIDSEG_CACHE", str(tmp_path))
     assert syn.default_cache_dir() == tmp_path
-    assert syn.ensure_synthetic("ytvis", **kw) == root
+    assert syn.ensure_synthetic(format="ytvis", **kw) == root  # keyword use, as from a Hydra config
     with pytest.raises(ValueError, match="no synthetic generator"):
         syn.ensure_synthetic("coco", tmp_path)
 

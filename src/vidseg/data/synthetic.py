@@ -216,24 +216,26 @@ def cache_key(fmt: str, params: SyntheticParams) -> str:
     return f"{fmt}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def ensure_synthetic(fmt: str, cache_dir: Path | str | None = None, **kw: Any) -> Path:
-    """Root of the synthetic dataset of `fmt` for parameters `kw` (SyntheticParams fields), generated on
-    first use into `<cache_dir>/<format>-<hash>`. Safe for concurrent callers: each generates into its own
-    temp folder and renames it into place; a loser of the race discards its copy and uses the winner's."""
-    if fmt not in FORMATS:
-        raise ValueError(f"no synthetic generator for format {fmt!r}; known: {FORMATS}")
+def ensure_synthetic(format: str, cache_dir: Path | str | None = None, **kw: Any) -> Path:
+    """Root of the synthetic dataset of `format` for parameters `kw` (SyntheticParams fields: seed, height,
+    width, videos_train, videos_val, frames), generated on first use into `<cache_dir>/<format>-<hash>`
+    (cache_dir default: `default_cache_dir()`). Safe for concurrent callers (threads, processes, ranks):
+    each generates into its own temp folder and renames it into place; a loser of the race discards its
+    copy and uses the winner's."""
+    if format not in FORMATS:
+        raise ValueError(f"no synthetic generator for format {format!r}; known: {FORMATS}")
     params = SyntheticParams(**kw)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = cache / cache_key(fmt, params)
+    final = cache / cache_key(format, params)
     if (final / MANIFEST).is_file():
         return final
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{final.name}.tmp-"))
     try:
-        generate(fmt, tmp, params)
+        generate(format, tmp, params)
         try:
             os.rename(tmp, final)
-        except OSError:  # another process renamed first (target exists and is not empty)
+        except OSError:  # another caller renamed first (the target exists and is not empty)
             if not (final / MANIFEST).is_file():
                 raise
     finally:
