@@ -271,3 +271,56 @@ def test_bad_inputs_raise():
         tr(torch.zeros((1, 3, 8, 8), dtype=torch.uint8), torch.zeros((1, 2, 8, 8), dtype=torch.bool), rng=rng())
     with pytest.raises(ValueError, match="crop_fraction"):
         ClipTransform(crop_fraction=(0.0, 0.5))
+
+
+def blob_masks(n: int, t: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = np.random.default_rng(seed)
+    masks = np.zeros((n, t, h, w), bool)
+    for k in range(n):
+        for f in range(t):
+            cy, cx, ry, rx = g.integers(0, h), g.integers(0, w), g.integers(2, h // 3), g.integers(2, w // 3)
+            yy, xx = np.ogrid[:h, :w]
+            masks[k, f] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    masks[0, 1] = False  # an empty mask
+    return torch.from_numpy(masks)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_mask_geometry_matches_torch_nearest_reference(seed):
+    masks = blob_masks(4, 3, 50, 70, seed)
+    frames = noise_frames(3, 50, 70, seed)
+    tr = ClipTransform(min_dims=(45, 80), max_dim=200, crop_fraction=(0.75, 0.6))
+    out = tr(frames, masks, rng=rng(seed))
+    y0, x0, ch, cw = out.crop
+    h, w = out.size
+    ref = F.interpolate(masks[..., y0 : y0 + ch, x0 : x0 + cw].float(), size=(h, w), mode="nearest-exact") > 0.5
+    if out.flipped:
+        ref = ref.flip(-1)
+    ref = ref[out.keep]
+    assert torch.equal(out.masks[..., :h, :w], ref)
+    assert not out.masks[..., h:, :].any() and not out.masks[..., :, w:].any()
+    dropped = sorted(set(range(4)) - set(out.keep.tolist()))
+    full_ref = F.interpolate(masks[..., y0 : y0 + ch, x0 : x0 + cw].float(), size=(h, w), mode="nearest-exact")
+    assert all(not full_ref[k].any() for k in dropped)
+    # the same masks in column-major memory (as pycocotools decodes them) give the same result
+    transposed = masks.transpose(-1, -2).contiguous().transpose(-1, -2)
+    again = tr(frames, transposed, rng=rng(seed))
+    assert torch.equal(again.masks, out.masks) and torch.equal(again.frames, out.frames)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_jitter_path_crops_and_flips_like_the_plain_path(seed):
+    frames = noise_frames(2, 40, 64, seed)
+    masks = torch.ones((1, 2, 40, 64), dtype=torch.bool)
+    plain = ClipTransform(min_dims=(30,), max_dim=100, **NO_JITTER)(frames, masks, rng=rng(seed))
+    jit = ClipTransform(min_dims=(30,), max_dim=100)(frames, masks, rng=rng(seed))
+    assert plain.crop == jit.crop and plain.flipped == jit.flipped and plain.size == jit.size == (30, 48)
+    h, w = plain.size
+    x = plain.frames[..., :h, :w].permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
+    y = jit.frames[..., :h, :w].permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
+    design = np.concatenate([x, np.ones((len(x), 1))], 1)
+    unclipped = ((y > 0) & (y < 255)).all(1)
+    assert unclipped.mean() > 0.5
+    # one affine colour map for every pixel of the clip (noise frames: any crop/flip mismatch breaks it)
+    coef, *_ = np.linalg.lstsq(design[unclipped], y[unclipped], rcond=None)
+    assert np.abs(design[unclipped] @ coef - y[unclipped]).max() <= 1.01

@@ -248,7 +248,12 @@ class ClipDataset(Dataset):
     def _stack_masks(
         self, video: VideoRecord, frames: list[int], labels: list[FrameLabels | None], ids: list[int]
     ) -> np.ndarray:
-        masks = np.zeros((len(ids), len(frames), video.height, video.width), dtype=bool)
+        """bool [N, T, H, W]. pycocotools decodes RLEs column-major; such masks are stacked as [N, T, W, H]
+        and returned as a transposed view, so each one is a plain memory copy instead of a transposition."""
+        decoded = [m for lab in labels if lab is not None for m in lab.masks.values()]
+        column_major = bool(decoded) and decoded[0].flags.f_contiguous and not decoded[0].flags.c_contiguous
+        shape = (len(ids), len(frames), video.height, video.width)
+        masks = np.zeros(shape[:2] + shape[2:][::-1], dtype=bool) if column_major else np.zeros(shape, bool)
         for t, lab in enumerate(labels):
             if lab is None:
                 continue
@@ -261,8 +266,8 @@ class ClipDataset(Dataset):
                         f"video {video.video_id!r} frame {frames[t]} track {tid}: mask of size "
                         f"{m.shape[0]}x{m.shape[1]}, the video is {video.height}x{video.width}"
                     )
-                masks[n, t] = m
-        return masks
+                masks[n, t] = m.T if column_major else m
+        return masks.transpose(0, 1, 3, 2) if column_major else masks
 
     def _semantic(self, video: VideoRecord, frames: list[int], labels: list[FrameLabels | None]) -> np.ndarray:
         lut = self._semantic_lut

@@ -69,25 +69,38 @@ def colour_matrix(hue: float, saturation: float, contrast: float, brightness: fl
     return matrix.astype(np.float32), bias.astype(np.float32)
 
 
+def _pil_crop(frame: np.ndarray, box: tuple[int, int, int, int]) -> Image.Image:
+    """PIL image of frame[y0:y0+h, x0:x0+w] (uint8 [H, W, 3]); for a contiguous frame PIL's raw decoder
+    reads the crop rows straight from the array's memory (the one copy PIL needs anyway)."""
+    y0, x0, h, w = box
+    if frame.flags.c_contiguous:
+        start = (y0 * frame.shape[1] + x0) * 3
+        return Image.frombuffer("RGB", (w, h), frame.reshape(-1)[start:], "raw", "RGB", frame.strides[0], 1)
+    return Image.fromarray(np.ascontiguousarray(frame[y0 : y0 + h, x0 : x0 + w]))
+
+
 def crop_flip_colour(
     frames: torch.Tensor, box: tuple[int, int, int, int], flip: bool, matrix: np.ndarray | None,
     bias: np.ndarray | None,
 ) -> torch.Tensor:
     """Crop, flip and colour-map uint8 frames [T, 3, H, W] -> uint8 [T, 3, h, w] in channels-last memory.
 
-    Runs on the interleaved (H, W, 3) pixels, as decoders produce them: numpy views do crop and flip for free,
-    PIL's C affine colour conversion (`Image.convert("RGB", matrix)`, rounds and clips) does the jitter."""
+    Runs on the interleaved (H, W, 3) pixels, as decoders produce them. Without colour map, numpy views do
+    crop and flip; with one, PIL crops while importing, flips, and applies the affine colour conversion
+    (`Image.convert("RGB", matrix)`, C code that rounds and clips)."""
     y0, x0, h, w = box
-    hwc = frames.permute(0, 2, 3, 1).numpy()[:, y0 : y0 + h, x0 : x0 + w]
-    if flip:
-        hwc = hwc[:, :, ::-1]
+    hwc = frames.permute(0, 2, 3, 1).numpy()
     if matrix is None:
-        out = np.ascontiguousarray(hwc)
+        view = hwc[:, y0 : y0 + h, x0 : x0 + w]
+        out = np.ascontiguousarray(view[:, :, ::-1] if flip else view)
     else:
         affine = tuple(float(v) for row, b in zip(matrix, bias, strict=True) for v in (*row, b))
         out = np.empty((hwc.shape[0], h, w, 3), dtype=np.uint8)
         for k, frame in enumerate(hwc):
-            out[k] = np.asarray(Image.fromarray(np.ascontiguousarray(frame)).convert("RGB", affine))
+            image = _pil_crop(frame, box)
+            if flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            out[k] = np.asarray(image.convert("RGB", affine))
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
@@ -109,11 +122,52 @@ def _gather(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.take(np.take(x, rows, axis=-2), cols, axis=-1)
 
 
-def _any_pixel(masks: torch.Tensor) -> torch.Tensor:
-    """bool [..., H, W] -> bool [...]: whether each mask has a pixel (a uint8 max is far faster than any)."""
-    if masks.numel() == 0:
-        return torch.zeros(masks.shape[:-2], dtype=torch.bool)
-    return masks.view(torch.uint8).amax((-2, -1)).bool()
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """bool [..., H, W] (any strides) -> int64 [..., 4] bounding boxes (top, bottom, left, right), ends
+    exclusive; all zeros for an empty mask."""
+    rows, cols = masks.any(-1), masks.any(-2)
+    h, w = masks.shape[-2:]
+    boxes = np.stack([rows.argmax(-1), h - rows[..., ::-1].argmax(-1),
+                      cols.argmax(-1), w - cols[..., ::-1].argmax(-1)], -1).astype(np.int64)
+    boxes[~rows.any(-1)] = 0
+    return boxes
+
+
+def _has_pixels_in(masks: np.ndarray, boxes: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """bool [M]: whether each mask [M, H, W] has a pixel in window (top, bottom, left, right). Exact; reads
+    pixels only where a box straddles the window's edge."""
+    top, bottom, left, right = window
+    out = np.zeros(len(masks), dtype=bool)
+    for k, (t0, t1, l0, l1) in enumerate(boxes.tolist()):
+        r0, r1, c0, c1 = max(t0, top), min(t1, bottom), max(l0, left), min(l1, right)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        out[k] = (r0, r1, c0, c1) == (t0, t1, l0, l1) or bool(masks[k, r0:r1, c0:c1].any())
+    return out
+
+
+def _resize_masks(masks: np.ndarray, boxes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  out: np.ndarray) -> np.ndarray:
+    """Nearest-resize every mask [..., H, W] into out[..., :len(rows), :len(cols)] (pre-zeroed), gathering
+    only the output block that its bounding box maps to. Returns bool [...]: output mask non-empty."""
+    nonempty = np.zeros(masks.shape[:-2], dtype=bool)
+    # rows is non-decreasing, cols monotonic (decreasing when flipped): a box maps to one output block
+    col_order = np.arange(cols.size) if cols.size < 2 or cols[0] <= cols[-1] else np.arange(cols.size)[::-1]
+    sorted_cols = cols[col_order]
+    for idx in np.ndindex(*masks.shape[:-2]):
+        top, bottom, left, right = boxes[idx].tolist()
+        if bottom <= top:
+            continue
+        i0, i1 = np.searchsorted(rows, [top, bottom])
+        k0, k1 = np.searchsorted(sorted_cols, [left, right])
+        if i0 >= i1 or k0 >= k1:
+            continue
+        j = col_order[k0:k1]
+        j0, j1 = int(j.min()), int(j.max()) + 1
+        block = masks[idx][np.ix_(rows[i0:i1], cols[j0:j1])]
+        out[idx][i0:i1, j0:j1] = block
+        nonempty[idx] = block.any()
+    return nonempty
 
 
 class ClipTransform:
@@ -161,7 +215,7 @@ class ClipTransform:
 
     # ------------------------------------------------------------------ parameter draws
     def _draw_crop(
-        self, masks: torch.Tensor, height: int, width: int, reference_frame: int | None,
+        self, masks: np.ndarray, boxes: np.ndarray, height: int, width: int, reference_frame: int | None,
         rng: np.random.Generator,
     ) -> tuple[int, int, int, int]:
         if self.crop_fraction is None:
@@ -171,20 +225,19 @@ class ClipTransform:
         if (ch, cw) == (height, width):
             return 0, 0, height, width
         if reference_frame is not None:  # VOS: every non-empty prompt mask must survive the crop
-            present = masks[:, reference_frame]
-            present = present[_any_pixel(present)]
-        else:
-            present = masks.flatten(0, 1)  # any target in any frame
+            present, present_boxes = masks[:, reference_frame], boxes[:, reference_frame]
+            visible = present_boxes[:, 1] > present_boxes[:, 0]
+            present, present_boxes = present[visible], present_boxes[visible]
+        else:  # any target in any frame
+            present = masks.reshape(-1, height, width) if masks.size else masks[:0, 0]
+            present_boxes = boxes.reshape(-1, 4)
         for _ in range(self.crop_retries):
             y0 = int(rng.integers(0, height - ch + 1))
             x0 = int(rng.integers(0, width - cw + 1))
             if present.shape[0] == 0:
                 return y0, x0, ch, cw
-            inside = _any_pixel(present[:, y0 : y0 + ch, x0 : x0 + cw])
-            if reference_frame is not None:
-                if bool(inside.all()):
-                    return y0, x0, ch, cw
-            elif bool(inside.any()):
+            inside = _has_pixels_in(present, present_boxes, (y0, y0 + ch, x0, x0 + cw))
+            if inside.all() if reference_frame is not None else inside.any():
                 return y0, x0, ch, cw
         return 0, 0, height, width
 
@@ -214,10 +267,12 @@ class ClipTransform:
         if points is not None and tuple(points.shape) != (masks.shape[0], 2):
             raise ValueError(f"points must be [{masks.shape[0]}, 2], got {tuple(points.shape)}")
 
+        mask_array = masks.numpy()
+        boxes = mask_boxes(mask_array)
         if self.train:
             flip = bool(rng.random() < self.flip_p)
             short = int(self.min_dims[int(rng.integers(len(self.min_dims)))])
-            y0, x0, ch, cw = self._draw_crop(masks, height, width, reference_frame, rng)
+            y0, x0, ch, cw = self._draw_crop(mask_array, boxes, height, width, reference_frame, rng)
             hs = self.hue_saturation
             matrix, bias = colour_matrix(
                 hue=float(rng.uniform(-hs, hs)) / 255.0 * 360.0,
@@ -248,12 +303,11 @@ class ClipTransform:
         # Masks / semantic: one nearest gather with crop and flip folded into the indices.
         rows = _nearest_index(ch, out_h, y0, False)
         cols = _nearest_index(cw, out_w, x0, flip)
-        small = torch.from_numpy(_gather(masks.numpy(), rows, cols))
-        nonempty = _any_pixel(small)  # [N, T]
+        padded = torch.zeros((masks.shape[0], t, pad_h, pad_w), dtype=torch.bool)
+        nonempty = torch.from_numpy(_resize_masks(mask_array, boxes, rows, cols, padded.numpy()))  # [N, T]
         kept = nonempty[:, reference_frame] if reference_frame is not None else nonempty.any(1)
         keep = torch.nonzero(kept).flatten()
-        out_masks = torch.zeros((keep.numel(), t, pad_h, pad_w), dtype=torch.bool)
-        out_masks[:, :, :out_h, :out_w] = small[keep]
+        out_masks = padded if keep.numel() == masks.shape[0] else padded[keep]
 
         out_sem = None
         if semantic is not None:

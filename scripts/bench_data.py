@@ -1,0 +1,171 @@
+"""Training-clip throughput of ClipDataset + DataLoader against pure frame decoding, in the same run.
+
+Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG frames, then measures
+- pure decode: the same frames of the same clips decoded by the same reader (`vidseg.data.video`), no
+  annotations, no transforms — the reference a data pipeline cannot beat per process;
+- ClipDataset items in this process (sampling, decode, annotation decode, targets, transforms);
+- DataLoader with num_workers 0 and 2 (3-frame clips, YouTube-VIS TarViS settings), batch size 1.
+`ratio` = (DataLoader clips/s with the most workers ÷ workers) ÷ pure-decode clips/s. Every rate is the
+median over `--repeats` interleaved rounds (the machine may be shared).
+
+    python scripts/bench_data.py --json bench_data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from vidseg.data.clip_dataset import ClipDataset
+from vidseg.data.formats import get_format
+from vidseg.data.sampling import InstanceClipSampler
+from vidseg.data.synthetic import ensure_synthetic
+from vidseg.data.transforms import ClipTransform
+from vidseg.data.video import open_frames
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
+            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def build_dataset(args: argparse.Namespace, **kw: Any) -> ClipDataset:
+    root = ensure_synthetic("ytvis", args.cache, height=args.height, width=args.width,
+                           videos_train=args.videos, videos_val=1, frames=args.frames)
+    record = get_format("ytvis").read(root, "train")
+    sampler = InstanceClipSampler(num_frames=3, factor=7.5)
+    transform = ClipTransform(min_dims=(448, 512), max_dim=1024, crop_fraction=(0.75, 0.75))
+    per_video = -(-args.clips // len(record.videos))
+    return ClipDataset(record, sampler, transform, task="vis", samples_per_video=per_video, seed=args.seed, **kw)
+
+
+def rate_pure_decode(ds: ClipDataset, n: int) -> float:
+    """Clips/s decoding exactly the frames the dataset samples for items 0..n-1, with the same reader."""
+    plan = []
+    for i in range(n):
+        video = ds.dataset.videos[i // ds.samples_per_video]
+        plan.append((video, ds.sampler.sample(video, ds.rng_for(i))))
+    readers: dict[str, Any] = {}
+    start = time.perf_counter()
+    for video, frames in plan:
+        reader = readers.get(video.video_id) or readers.setdefault(video.video_id, open_frames(video.frames))
+        reader.read(frames)
+    return n / (time.perf_counter() - start)
+
+
+def rate_items(ds: ClipDataset, n: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        ds[i]
+    return n / (time.perf_counter() - start)
+
+
+def rate_loader(ds: ClipDataset, n: int, workers: int) -> float:
+    """Clips/s of a DataLoader in steady state (worker start-up and each worker's first clip excluded)."""
+    loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers, collate_fn=ds.collate,
+                        prefetch_factor=4 if workers else None)
+    skip = max(workers, 1)
+    start, seen = 0.0, 0
+    for k, _batch in enumerate(loader):
+        if k + 1 == skip:
+            start = time.perf_counter()
+        elif k + 1 > skip:
+            seen += 1
+        if k + 1 >= n + skip:
+            break
+    return seen / (time.perf_counter() - start)
+
+
+def profile_items(ds: ClipDataset, n: int, top: int) -> None:
+    prof = cProfile.Profile()
+    prof.enable()
+    for i in range(n):
+        ds[i]
+    prof.disable()
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(top)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vidseg" / "bench")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=854)
+    p.add_argument("--videos", type=int, default=6)
+    p.add_argument("--frames", type=int, default=36)
+    p.add_argument("--clips", type=int, default=60, help="clips per measurement")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", type=int, default=0, help="print the top-N functions of ClipDataset items")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)  # one core per process, like a DataLoader worker
+
+    ds = build_dataset(args)
+    n = min(args.clips, len(ds))
+    rate_items(ds, 2)  # warm caches (annotation index, readers, imports)
+    rounds: dict[str, list[float]] = {"pure_decode": [], "dataset_items": []}
+    rounds.update({f"loader_w{w}": [] for w in args.workers})
+    for _ in range(args.repeats):
+        rounds["pure_decode"].append(rate_pure_decode(ds, n))
+        rounds["dataset_items"].append(rate_items(ds, n))
+        for w in args.workers:
+            rounds[f"loader_w{w}"].append(rate_loader(ds, n, w))
+    rates = {k: statistics.median(v) for k, v in rounds.items()}
+    most = max(args.workers)
+    per_worker = rates[f"loader_w{most}"] / max(most, 1)
+    result = {
+        "ratio": per_worker / rates["pure_decode"],
+        "ratio_items": rates["dataset_items"] / rates["pure_decode"],
+        "clips_per_s": rates,
+        "clips_per_s_per_worker": per_worker,
+        "workers": most,
+        "rounds": rounds,
+        "clip": {"frames": 3, "height": args.height, "width": args.width, "clips": n,
+                 "transform": repr(ds.transform), "sampler": repr(ds.sampler)},
+        "machine": machine(),
+    }
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), load {m['load_avg_1min']:.2f}")
+    print(f"{args.height}p synthetic YouTube-VIS, 3-frame clips, {n} clips x {args.repeats} rounds (median)")
+    print(f"{'pipeline':<34}{'clips/s':>10}{'vs decode':>11}")
+    print(f"{'pure decode (same frames, reader)':<34}{rates['pure_decode']:>10.1f}{1.0:>11.2f}")
+    print(f"{'ClipDataset items, this process':<34}{rates['dataset_items']:>10.1f}{result['ratio_items']:>11.2f}")
+    for w in args.workers:
+        r = rates[f"loader_w{w}"]
+        print(f"{f'DataLoader num_workers={w}':<34}{r:>10.1f}{r / rates['pure_decode']:>11.2f}")
+    print(f"per worker (num_workers={most}): {per_worker:.1f} clips/s -> ratio {result['ratio']:.2f}")
+    if args.profile:
+        profile_items(ds, n, args.profile)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
