@@ -64,6 +64,7 @@ class VidsegModule(pl.LightningModule):
         return losses, out
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        self.tasks[batch.task].current_step = self.global_step
         losses, _ = self.forward_task(batch)
         total = sum(losses.values())
         # parameters of other tasks take part with weight 0 so DDP sees every parameter used
@@ -83,6 +84,10 @@ class VidsegModule(pl.LightningModule):
         for k, v in losses.items():
             self.log(f"train/{batch.task}/{k}", v.detach(), batch_size=bs)
         self.log(f"train/{batch.task}/loss", total.detach(), prog_bar=True, batch_size=bs)
+        opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
+        if opt is not None:
+            for i, group in enumerate(opt.param_groups[:2]):
+                self.log(f"train/lr_group{i}", group["lr"], batch_size=bs)
         now = time.perf_counter()
         if self._t_last is not None:
             self.log("train/clips_per_s", bs / max(now - self._t_last, 1e-9), batch_size=bs)

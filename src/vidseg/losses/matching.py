@@ -42,9 +42,10 @@ class MatchTargets:
 def batch_bce_cost(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """pred logits [B, Q, P], tgt [B, N, P] -> mean BCE cost [B, Q, N] via two matmuls."""
     p = pred.shape[-1]
-    pos = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")
-    return (torch.bmm(pos, tgt.transpose(1, 2)) + torch.bmm(neg, (1 - tgt).transpose(1, 2))) / p
+    pos = F.softplus(-pred)  # BCE against target 1
+    neg = F.softplus(pred)  # BCE against target 0
+    # sum_p pos*t + neg*(1-t) = sum_p neg + sum_p (pos - neg) * t
+    return (neg.sum(-1, keepdim=True) + torch.bmm(pos - neg, tgt.transpose(1, 2))) / p
 
 
 def batch_dice_cost(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:

@@ -31,29 +31,76 @@ def disk(radius: int) -> np.ndarray:
     return ((axis[None, :] ** 2 + axis[:, None] ** 2) <= radius**2).astype(np.uint8)
 
 
-def label_boundaries(labels: np.ndarray) -> dict[int, np.ndarray]:
-    """Label map int [H, W] -> {label (non-zero): sorted flat indices of its DAVIS boundary pixels}."""
+def label_boundaries(labels: np.ndarray, objects: np.ndarray) -> dict[int, np.ndarray]:
+    """Label map int [H, W] -> {object id: sorted flat indices of its DAVIS boundary}, for `objects`.
+
+    B_k(p) = OR over the right / lower / lower-right neighbour n of p: (L[p] == k) xor (L[n] == k), only
+    where n exists (last row: right only; last column: lower only). Only pixels whose label differs from a
+    neighbour can be boundary pixels, so the per-object test runs on those few pixels."""
     h, w = labels.shape
     flat = labels.reshape(-1)
-    idx_parts, lab_parts = [], []
     right = np.zeros((h, w), dtype=bool)
     right[:, :-1] = labels[:, :-1] != labels[:, 1:]
     down = np.zeros((h, w), dtype=bool)
     down[:-1, :] = labels[:-1, :] != labels[1:, :]
     diag = np.zeros((h, w), dtype=bool)
     diag[:-1, :-1] = labels[:-1, :-1] != labels[1:, 1:]
-    for changed, offset in ((right, 1), (down, w), (diag, w + 1)):
-        p = np.flatnonzero(changed)
-        idx_parts += [p, p]
-        lab_parts += [flat[p], flat[p + offset]]
-    idx = np.concatenate(idx_parts)
-    lab = np.concatenate(lab_parts).astype(np.int64)
-    keep = lab != 0
-    key = np.unique(lab[keep] * (h * w) + idx[keep])
-    lab_sorted, pix = key // (h * w), key % (h * w)
-    uniq, starts = np.unique(lab_sorted, return_index=True)
-    ends = np.append(starts[1:], len(key))
-    return {int(k): pix[s:e] for k, s, e in zip(uniq, starts, ends)}
+    changed = right | down | diag
+    pix = np.flatnonzero(changed)
+    last = h * w - 1
+    here = flat[pix]
+    neighbours = [
+        (right.reshape(-1)[pix], flat[np.minimum(pix + 1, last)]),
+        (down.reshape(-1)[pix], flat[np.minimum(pix + w, last)]),
+        (diag.reshape(-1)[pix], flat[np.minimum(pix + w + 1, last)]),
+    ]
+    out: dict[int, np.ndarray] = {}
+    for k in np.asarray(objects).tolist():
+        is_k = here == k
+        member = np.zeros(len(pix), dtype=bool)
+        for differs, lab in neighbours:
+            member |= differs & (is_k | (lab == k))
+        out[int(k)] = pix[member]
+    return out
+
+
+def disk_spans(radius: int) -> np.ndarray:
+    """Half widths of the disk's rows (dy = -r..r): the disk is {(dy, dx): |dx| <= spans[dy + r]}."""
+    return ((disk(radius).sum(axis=1) - 1) // 2).astype(np.int64)
+
+
+def count_near(query: np.ndarray, ref: np.ndarray, shape: tuple[int, int], radius: int) -> int:
+    """How many `query` pixels lie in the disk dilation of `ref` (both sorted flat indices y * W + x).
+
+    Equal to dilating `ref` with `disk(radius)` and counting `query` pixels on it. Rows dy = 0, +-1, ... are
+    searched in the sorted `ref` for the pixels not matched yet (most match within a few rows); when the
+    remaining search would cost more than dilating a crop around `ref`, the crop is dilated instead."""
+    if len(query) == 0 or len(ref) == 0:
+        return 0
+    h, w = shape
+    spans = disk_spans(radius)
+    qy, qx = np.divmod(query, w)
+    rx = ref % w
+    y0, y1 = int(ref[0] // w), int(ref[-1] // w)
+    crop_area = (min(y1 + radius + 1, h) - max(y0 - radius, 0)) * (
+        min(int(rx.max()) + radius + 1, w) - max(int(rx.min()) - radius, 0)
+    )
+    todo = np.arange(len(query))
+    hits = 0
+    order = sorted(range(-radius, radius + 1), key=abs)
+    for i, dy in enumerate(order):
+        if len(todo) * (len(order) - i) * 8 > crop_area:  # a dilation is cheaper for what is left
+            return hits + _Dilated(ref, shape, disk(radius), radius).count_hits(query[todo])
+        base = (qy[todo] + dy) * w
+        x = qx[todo]
+        lo = base + np.maximum(x - spans[dy + radius], 0)
+        hi = base + np.minimum(x + spans[dy + radius], w - 1)
+        found = np.searchsorted(ref, hi, "right") > np.searchsorted(ref, lo, "left")
+        hits += int(found.sum())
+        todo = todo[~found]
+        if len(todo) == 0:
+            break
+    return hits
 
 
 class _Dilated:
@@ -128,22 +175,13 @@ def frame_j_and_f(
     union = area_g[g_ids] + area_p[p_ids] - inter
     j = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
 
-    b_gt, b_pred = label_boundaries(gt_labels), label_boundaries(pred_labels)
-    empty = np.zeros(0, dtype=np.int64)
-    footprint = disk(radius)
-    dil_gt: dict[int, _Dilated] = {}
-    dil_pred: dict[int, _Dilated] = {}
+    b_gt = label_boundaries(gt_labels, np.unique(g_ids))
+    b_pred = label_boundaries(pred_labels, np.unique(p_ids))
     f = np.zeros(len(pi))
     for n, (p_id, g_id) in enumerate(zip(p_ids.tolist(), g_ids.tolist())):
-        bp, bg = b_pred.get(p_id, empty), b_gt.get(g_id, empty)
-        fg_hits = gt_hits = 0
-        if len(bp) and len(bg):
-            if g_id not in dil_gt:
-                dil_gt[g_id] = _Dilated(bg, shape, footprint, radius)
-            if p_id not in dil_pred:
-                dil_pred[p_id] = _Dilated(bp, shape, footprint, radius)
-            fg_hits = dil_gt[g_id].count_hits(bp)
-            gt_hits = dil_pred[p_id].count_hits(bg)
+        bp, bg = b_pred[p_id], b_gt[g_id]
+        fg_hits = count_near(bp, bg, shape, radius)
+        gt_hits = count_near(bg, bp, shape, radius)
         f[n] = f_measure(len(bp), len(bg), fg_hits, gt_hits)
     if pairs is None:
         return j.reshape(len(pred_objects), len(gt_objects)), f.reshape(len(pred_objects), len(gt_objects))

@@ -1,6 +1,6 @@
 """DAVIS 2017 J&F (semi-supervised and unsupervised), equal to `davisvideochallenge/davis2017-evaluation`.
 
-Predictions are turned into the label map a DAVIS PNG writer produces (`VideoPrediction.instance_map`:
+Predictions are turned into the label map a DAVIS PNG writer produces (as `VideoPrediction.instance_map`:
 track id = PNG value, higher score pasted last). Official semantics kept:
 - GT objects are 1..N with N = the largest id in the first annotated frame;
 - semi: frames 1..T-2 of the annotated frames are scored, void is not used, a predicted id > N is an error;
@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 from torchmetrics import Metric
 
@@ -39,19 +40,31 @@ def gt_label_map(gt: VideoRecord, frame_pos: int) -> tuple[np.ndarray, np.ndarra
     ann = gt.annotations[frame_pos]
     labels = ann.decode()
     out = np.zeros((gt.height, gt.width), dtype=np.int32)
+    total = 0
     for tid, mask in labels.masks.items():
         if mask.shape != (gt.height, gt.width):
             raise AnnotationFormatError(
                 f"GT video {gt.video_id!r} frame {ann.frame} track {tid}: mask {mask.shape} differs from the "
                 f"video size ({gt.height}, {gt.width})"
             )
-        if (out[mask] != 0).any():
-            raise AnnotationFormatError(
-                f"GT video {gt.video_id!r} frame {ann.frame}: track {tid} overlaps another track (J&F needs a "
-                "label map)"
-            )
-        out[mask] = tid
+        np.putmask(out, mask, tid)
+        total += int(np.count_nonzero(mask))
+    if total != np.count_nonzero(out):
+        raise AnnotationFormatError(
+            f"GT video {gt.video_id!r} frame {ann.frame}: track masks overlap (J&F needs a label map)"
+        )
     return out, labels.void
+
+
+def prediction_label_map(pred: VideoPrediction, frame: int) -> np.ndarray:
+    """The label map a DAVIS writer produces: track id per pixel, higher score pasted last (ties: later
+    track wins), as `VideoPrediction.instance_map`."""
+    out = np.zeros((pred.height, pred.width), dtype=np.int32, order="F")  # pycocotools decodes in F order
+    for trk in sorted(pred.tracks, key=lambda tr: tr.score):
+        rle = trk.masks[frame]
+        if rle is not None:
+            np.putmask(out, mask_utils.decode(rle), trk.track_id)
+    return np.ascontiguousarray(out)
 
 
 class DavisJF(Metric):
@@ -109,7 +122,7 @@ class DavisJF(Metric):
         for pos in positions:
             labels, void = (first_labels, first_void) if pos == 0 else gt_label_map(gt, pos)
             frame = gt.annotations[pos].frame
-            pred_labels = pred.instance_map(frame)
+            pred_labels = prediction_label_map(pred, frame)
             if self.mode == "unsupervised" and void is not None:
                 pred_labels = np.where(void, 0, pred_labels)
                 labels = np.where(void, 0, labels)

@@ -183,4 +183,4 @@ class VISTask(Task):
     def make_metric(self, dataset: DatasetRecord) -> Any:
         from vidseg.metrics.ytvis_ap import YTVISMeanAP
 
-        return YTVISMeanAP(categories=[c.id for c in dataset.categories])
+        return YTVISMeanAP(category_ids=[c.id for c in dataset.categories])
