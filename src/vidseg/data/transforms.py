@@ -164,7 +164,10 @@ def _resize_masks(masks: np.ndarray, boxes: np.ndarray, rows: np.ndarray, cols: 
             continue
         j = col_order[k0:k1]
         j0, j1 = int(j.min()), int(j.max()) + 1
-        block = masks[idx][np.ix_(rows[i0:i1], cols[j0:j1])]
+        src = masks[idx][top:bottom, left:right]
+        if src.strides[-1] != 1:  # column-major (pycocotools) masks: one small transposing copy
+            src = np.ascontiguousarray(src)
+        block = np.take(np.take(src, rows[i0:i1] - top, axis=0), cols[j0:j1] - left, axis=1)
         out[idx][i0:i1, j0:j1] = block
         nonempty[idx] = block.any()
     return nonempty
