@@ -47,31 +47,37 @@ class Vocabulary:
             raise ValueError(f"thing ids {sorted(unknown)} are not in the vocabulary")
         # index -> isthing, with the void index C last (never a thing)
         self.isthing = np.array([i in thing_ids for i in ids] + [False], dtype=bool)
-        self.lut = np.full(max(max(ids), IGNORE_LABEL) + 1, -1, dtype=np.int64)
+        # id -> index lookup in the smallest dtype (memory traffic dominates); `invalid` marks unknown ids
+        self.dtype = np.uint8 if self.num_classes + 1 < 255 else np.int16
+        self.invalid = 255 if self.dtype == np.uint8 else -1
+        self.lut = np.full(max(max(ids), IGNORE_LABEL) + 1, self.invalid, dtype=self.dtype)
         self.lut[self.ids] = np.arange(self.num_classes)
         self.lut[IGNORE_LABEL] = self.num_classes
-        self.identity = ids == list(range(self.num_classes))
 
     @property
     def void(self) -> int:
         return self.num_classes
 
     def index(self, semantic: np.ndarray, where: str, *, allow_void: bool = True) -> np.ndarray:
-        """int64 vocabulary indices of a map of category ids; unknown ids raise naming `where`."""
+        """Vocabulary indices (uint8, or int16 for > 253 classes; void = C) of a map of category ids;
+        unknown ids raise naming `where`. Cast before arithmetic: small dtypes overflow."""
         sem = np.asarray(semantic)
         if sem.dtype.kind not in "iu":
             raise AnnotationFormatError(f"{where}: semantic map must be integer, got {sem.dtype}")
-        lo, hi = (int(sem.min()), int(sem.max())) if sem.size else (0, 0)
-        if lo < 0 or hi >= len(self.lut):
-            bad = lo if lo < 0 else hi
+        if sem.size == 0:
+            return np.zeros(sem.shape, self.dtype)
+        # one pass for the range: negative values become huge in the unsigned view
+        unsigned = sem.view(np.dtype(f"u{sem.dtype.itemsize}")) if sem.dtype.kind == "i" else sem
+        if int(unsigned.max()) >= len(self.lut):
+            bad = int(sem.min()) if int(sem.min()) < 0 else int(sem.max())
             raise AnnotationFormatError(f"{where}: semantic id {bad} is not a category id of the vocabulary")
         out = self.lut[sem]
-        bad = out < 0
+        bad_mask = out == self.invalid
         if not allow_void:
-            bad |= out == self.void
-        if bad.any():
+            bad_mask |= out == self.void
+        if bad_mask.any():
             raise AnnotationFormatError(
-                f"{where}: semantic id {int(sem[bad].flat[0])} is not a category id of the vocabulary"
+                f"{where}: semantic id {int(sem[bad_mask].flat[0])} is not a category id of the vocabulary"
             )
         return out
 
@@ -79,7 +85,7 @@ class Vocabulary:
 def compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique values, inverse index per element) of an int array. Linear-time (bincount) when the
     value range is small compared to the array, np.unique otherwise."""
-    flat = np.asarray(values, dtype=np.int64).ravel()
+    flat = np.asarray(values).ravel()
     if flat.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     lo, hi = int(flat.min()), int(flat.max())
@@ -88,9 +94,16 @@ def compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shifted = flat - lo if lo else flat
         present = np.bincount(shifted, minlength=span) > 0
         slot = np.cumsum(present) - 1
-        return np.flatnonzero(present) + lo, slot[shifted]
+        return np.flatnonzero(present).astype(np.int64) + lo, slot[shifted]
     uniq, inverse = np.unique(flat, return_inverse=True)
-    return uniq, inverse.ravel()
+    return uniq.astype(np.int64), inverse.ravel()
+
+
+def panoptic_key(inst: np.ndarray, sem: np.ndarray, num_keys: int) -> np.ndarray:
+    """int64 key ``inst * num_keys + sem`` of every pixel (one pass, no int32 overflow)."""
+    key = np.multiply(inst, num_keys, dtype=np.int64)
+    key += sem
+    return key
 
 
 def pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,8 +167,9 @@ class TrackSlots:
 def gt_panoptic(
     labels: FrameLabels, vocab: Vocabulary, slots: TrackSlots, where: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(semantic index int64, track slot int64) of one GT frame. Void = IGNORE_LABEL or labels.void;
-    crowd tracks (TrackInfo.iscrowd) and thing pixels without a track keep slot 0 (crowd)."""
+    """(semantic index, track slot int32) of one GT frame. Void = IGNORE_LABEL or labels.void; crowd
+    tracks (TrackInfo.iscrowd) and thing pixels without a track keep slot 0 (crowd); the slot of void pixels
+    is meaningless (every (void, slot) key is void)."""
     if labels.semantic is None:
         raise AnnotationFormatError(f"{where}: GT has no semantic map (a panoptic/semantic format is needed)")
     sem = vocab.index(labels.semantic, f"{where} (GT)")
@@ -163,28 +177,29 @@ def gt_panoptic(
     if labels.void is not None:
         if labels.void.shape != shape:
             raise AnnotationFormatError(f"{where}: GT void mask shape {labels.void.shape} != {shape}")
-        sem = np.where(labels.void, vocab.void, sem)
-    inst = np.zeros(shape, dtype=np.int64)
+        sem[labels.void] = vocab.void
+    inst = np.zeros(shape, dtype=np.int32)
     for tid, mask in labels.masks.items():
         if mask.shape != shape:
             raise AnnotationFormatError(f"{where}: GT track {tid} mask shape {mask.shape} != {shape}")
         if tid not in slots.crowd:
             inst[mask] = slots.get(tid)
-    inst[sem == vocab.void] = 0
     return sem, inst
 
 
 def pred_panoptic(
     sem: np.ndarray, inst: np.ndarray, vocab: Vocabulary, where: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(semantic index int64, instance int64) of one predicted frame; instance forced to 0 on void."""
+    """(semantic index, instance int32/int64) of one predicted frame. Void pixels keep their instance: the
+    metrics treat every (void, instance) key as void."""
     sem_idx = vocab.index(sem, f"{where} (prediction)")
     if inst.shape != sem.shape:
         raise AnnotationFormatError(f"{where}: instance map shape {inst.shape} != semantic {sem.shape}")
-    inst64 = np.asarray(inst, dtype=np.int64)
-    if inst64.size and int(inst64.min()) < 0:
-        raise AnnotationFormatError(f"{where}: negative predicted instance id {int(inst64.min())}")
-    return sem_idx, np.where(sem_idx == vocab.void, 0, inst64)
+    if inst.dtype.kind not in "iu":
+        raise AnnotationFormatError(f"{where}: instance map must be integer, got {inst.dtype}")
+    if inst.dtype.kind == "i" and inst.size and int(inst.min()) < 0:
+        raise AnnotationFormatError(f"{where}: negative predicted instance id {int(inst.min())}")
+    return sem_idx, inst
 
 
 def tensor(x: np.ndarray | float | int, like: torch.Tensor) -> torch.Tensor:

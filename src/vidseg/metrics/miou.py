@@ -63,15 +63,17 @@ class SemanticMIoU(Metric):
                 raise AnnotationFormatError(f"{where}: GT has no semantic map")
             g = self.vocab.index(labels.semantic, f"{where} (GT)")
             if labels.void is not None:
-                g = np.where(labels.void, self.vocab.void, g)
+                g[labels.void] = self.vocab.void
             p = self.vocab.index(sem, f"{where} (prediction)", allow_void=False)
-            valid = g != self.vocab.void
-            confusion += np.bincount(np.where(valid, g * c + p, c * c).ravel(), minlength=c * c + 1)
+            cell = np.multiply(g, c, dtype=np.int32)
+            cell += p
+            cell[g == self.vocab.void] = c * c  # void GT: the extra bin, dropped
+            confusion += np.bincount(cell.ravel(), minlength=c * c + 1)
             if not self.vc_windows or num_frames <= min(self.vc_windows):
                 continue
             if t == 0:
-                last_g = np.zeros(g.shape, np.int32)
-                last_p = np.zeros(g.shape, np.int32)
+                last_g = np.zeros(g.shape, np.int16 if num_frames < 2**15 else np.int32)
+                last_p = np.zeros(g.shape, last_g.dtype)
             else:
                 last_g[g != prev_g] = t
                 last_p[p != prev_p] = t

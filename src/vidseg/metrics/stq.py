@@ -34,6 +34,7 @@ from vidseg.metrics._dense import (
     encode_name,
     gt_panoptic,
     pair_counts,
+    panoptic_key,
     pred_panoptic,
     scored_frames,
     tensor,
@@ -65,7 +66,7 @@ def first_listed_track(labels_sem: np.ndarray, labels_inst: np.ndarray, slots: T
         return None
     # things ordered by (category index, track id): the slot order follows sorted track ids
     slot_to_tid = {s: t for t, s in slots.slot.items()}
-    keys = np.unique(labels_sem[tracked] * (1 << 32) + labels_inst[tracked])
+    keys = np.unique(labels_sem[tracked].astype(np.int64) * (1 << 32) + labels_inst[tracked])
     best = min(keys.tolist(), key=lambda k: (k >> 32, slot_to_tid.get(k & 0xFFFFFFFF, 0)))
     untracked_thing = present & (labels_inst == 0)
     if untracked_thing.any() and int(labels_sem[untracked_thing].min()) <= best >> 32:
@@ -120,14 +121,18 @@ class STQ(Metric):
                     crowd_slot = first_listed_track(g_sem, g_inst, slots, vocab)
                 if crowd_slot is not None:
                     g_inst = np.where(g_inst == crowd_slot, 0, g_inst)
-            confusion += np.bincount((g_sem * c1 + p_sem).ravel(), minlength=c1 * c1)
+            cell = np.multiply(g_sem, c1, dtype=np.int32)
+            cell += p_sem
+            confusion += np.bincount(cell.ravel(), minlength=c1 * c1)
+            # tracking term: GT thing pixels with a track, predicted thing pixels outside the GT crowd
             g_thing = vocab.isthing[g_sem]
-            crowd = g_thing & (g_inst == 0)
-            gt_mask = g_thing & ~crowd
-            pred_mask = vocab.isthing[p_sem] & ~crowd
-            # -1 = outside the mask; pair counts then give |g| (rows), |p| (columns) and TPA in one pass
-            gk = np.where(gt_mask, g_inst * c1 + g_sem, -1)
-            pk = np.where(pred_mask, p_inst * c1 + p_sem, -1)
+            gt_mask = g_thing & (g_inst != 0)
+            pred_mask = vocab.isthing[p_sem]
+            pred_mask &= ~(g_thing & ~gt_mask)
+            sel = np.flatnonzero(gt_mask | pred_mask)
+            # -1 = outside a mask; pair counts then give |g| (rows), |p| (columns) and TPA in one pass
+            gk = np.where(gt_mask.ravel()[sel], panoptic_key(g_inst.ravel()[sel], g_sem.ravel()[sel], c1), -1)
+            pk = np.where(pred_mask.ravel()[sel], panoptic_key(p_inst.ravel()[sel], p_sem.ravel()[sel], c1), -1)
             a, b, cnt = pair_counts(gk, pk)
             g_keys.append(a)
             p_keys.append(b)

@@ -31,6 +31,7 @@ from vidseg.metrics._dense import (
     compact,
     gt_panoptic,
     pair_counts,
+    panoptic_key,
     pred_panoptic,
     scored_frames,
     tensor,
@@ -69,7 +70,7 @@ class VideoTables:
             if inst is None:  # pragma: no cover - scored_frames("panoptic") always gives instances
                 raise AssertionError("panoptic prediction without instance map")
             p_sem, p_inst = pred_panoptic(sem, inst, vocab, where)
-            gk, pk, cnt = pair_counts(g_inst * c1 + g_sem, p_inst * c1 + p_sem)
+            gk, pk, cnt = pair_counts(panoptic_key(g_inst, g_sem, c1), panoptic_key(p_inst, p_sem, c1))
             g_keys.append(gk)
             p_keys.append(pk)
             counts.append(cnt)

@@ -1,0 +1,283 @@
+"""Time vidseg's metrics against independent references on the same inputs, and assert equal values.
+
+    .venv/bin/python scripts/bench_metrics.py [--json out.json] [--only vpq,stq] [--scale 1.0]
+
+References (run in the same process on the same in-memory data):
+- ytvis: pycocotools COCOeval with the video IoU (tests/metrics/test_ytvis_ap.py `reference_stats`);
+- davis: vos-benchmark's Evaluator, per-object J and F means (semi-supervised, frames 1..T-2);
+- burst: trackeval's HOTA.eval_sequence per (video, class), mask IoU (tests/metrics/test_hota.py);
+- vpq (Cityscapes-VPS windows 1-4 over 6 frames and VIPSeg windows 1/2/4/6/8), stq (KITTI and VIPSeg
+  variants), miou (VSPW mIoU + VC_8/VC_16): the straightforward official-style implementations of
+  tests/metrics/_reference_dense.py (per-window np.unique over stacked frames, dictionaries of label areas,
+  per-window frame comparisons).
+Sizes default to 480p; the pure-Python VPQ/STQ references get fewer videos. `--json PATH` writes
+{benchmark: {"ours_s", "reference_s", "speedup"}}. Timings exclude data generation; GT decoding from
+memory is inside "ours" (it is part of `update`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "metrics"))
+sys.path.insert(0, str(REPO / "src"))
+
+from _reference_dense import (  # noqa: E402
+    ReferenceSTQ,
+    kitti_labels,
+    make_gt_video,
+    make_prediction,
+    official_vps_frames,
+    random_panoptic_video,
+    reference_miou,
+    reference_vc_windows,
+    reference_vpq,
+    vipseg_label_maps,
+    vipseg_segments,
+)
+
+from vidseg.data.records import IGNORE_LABEL, Category  # noqa: E402
+
+H, W = 480, 854
+CATS = [Category(0, "road", False), Category(1, "sky", False), Category(2, "building", False),
+        Category(3, "vegetation", False), Category(4, "car", True), Category(5, "person", True),
+        Category(6, "bicycle", True)]  # fmt: skip
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def check_equal(name: str, ours: dict, ref: dict, tol: float = 1e-9) -> None:
+    for key, value in ref.items():
+        a = ours[key]
+        if (isinstance(value, float) and np.isnan(value)) or (isinstance(a, float) and np.isnan(a)):
+            assert np.isnan(value) and np.isnan(a), (name, key, a, value)
+        else:
+            assert abs(a - value) <= tol * max(1.0, abs(value)), (name, key, a, value)
+
+
+def bench_vpq(rng: np.random.Generator, n_videos: int, windows: tuple[int, ...], frames: int) -> tuple:
+    from vidseg.metrics.vpq import VPQ
+
+    data = [random_panoptic_video(rng, frames, H, W, CATS, num_tracks=5) for _ in range(n_videos)]
+    gts = [make_gt_video(f"v{i}", d[0], d[1]) for i, d in enumerate(data)]
+    preds = [make_prediction(f"v{i}", d[2], d[3], g.frames.names) for i, (d, g) in enumerate(zip(data, gts))]
+
+    def ours() -> dict:
+        m = VPQ(CATS, windows=windows)
+        for p, g in zip(preds, gts):
+            m.update(p, g)
+        return m.compute()
+
+    def ref() -> dict:
+        return reference_vpq([official_vps_frames(*d, CATS) for d in data], CATS, windows)
+
+    return ours, ref, 1e-9
+
+
+def bench_stq(rng: np.random.Generator, n_videos: int, variant: str, frames: int) -> tuple:
+    from vidseg.metrics.stq import STQ
+
+    data = [random_panoptic_video(rng, frames, H, W, CATS, num_tracks=5, crowd=variant == "kitti")
+            for _ in range(n_videos)]  # fmt: skip
+    gts = [make_gt_video(f"v{i}", d[0], d[1]) for i, d in enumerate(data)]
+    preds = [make_prediction(f"v{i}", d[2], d[3], g.frames.names) for i, (d, g) in enumerate(zip(data, gts))]
+    things = [c.id for c in CATS if c.isthing]
+    isthing = {c.id: c.isthing for c in CATS}
+
+    def ours() -> dict:
+        m = STQ(CATS, variant=variant)
+        for p, g in zip(preds, gts):
+            m.update(p, g)
+        return {k: v for k, v in m.compute().items() if "/" not in k}
+
+    def ref() -> dict:
+        r = ReferenceSTQ(len(CATS), things)
+        for i, (gs, gi, ps, pi) in enumerate(data):
+            if variant == "kitti":
+                pairs = [(kitti_labels(a, b), kitti_labels(c, d)) for a, b, c, d in zip(gs, gi, ps, pi)]
+            else:
+                gl = vipseg_label_maps([vipseg_segments(a, b, isthing) for a, b in zip(gs, gi)])
+                pl = vipseg_label_maps([vipseg_segments(c, d, None) for c, d in zip(ps, pi)])
+                pairs = list(zip(gl, pl))
+            for a, b in pairs:
+                r.update(a, b, i)
+        res = r.result()
+        return {k: res[k] for k in ("STQ", "AQ", "SQ_IoU")}
+
+    return ours, ref, 1e-9
+
+
+def bench_miou(rng: np.random.Generator, n_videos: int, frames: int) -> tuple:
+    from vidseg.metrics.miou import SemanticMIoU
+
+    cats = [Category(i, f"c{i}", False) for i in range(20)]
+    data = []
+    for _ in range(n_videos):
+        base = np.kron(rng.integers(0, 19, (12, 20)), np.ones((40, 43), np.int64))[:H, :W]
+        base = np.pad(base, ((0, 0), (0, W - base.shape[1])), mode="edge").astype(np.int32)
+        gs, ps = [], []
+        for t in range(frames):
+            g = np.roll(base, t // 3, axis=1)
+            g = np.where(rng.random(g.shape) < 0.02, IGNORE_LABEL, g).astype(np.int32)
+            p = np.where(rng.random(g.shape) < 0.1, rng.integers(0, 20, g.shape), np.roll(base, t // 2, axis=1))
+            gs.append(g)
+            ps.append(p.astype(np.int32))
+        data.append((gs, ps))
+    gts = [make_gt_video(f"v{i}", gs, [np.zeros_like(x) for x in gs]) for i, (gs, _) in enumerate(data)]
+    preds = [make_prediction(f"v{i}", ps, None, g.frames.names) for i, ((_, ps), g) in enumerate(zip(data, gts))]
+
+    def ours() -> dict:
+        m = SemanticMIoU(cats, vc_windows=(8, 16))
+        for p, g in zip(preds, gts):
+            m.update(p, g)
+        return m.compute()
+
+    def ref() -> dict:
+        pairs, vc8, vc16 = [], [], []
+        for gs, ps in data:
+            pairs += list(zip(gs, ps))
+            vc8 += reference_vc_windows(gs, ps, 8)
+            vc16 += reference_vc_windows(gs, ps, 16)
+        return {"mIoU": reference_miou(pairs, 20), "mVC_8": float(np.nanmean(vc8)),
+                "mVC_16": float(np.nanmean(vc16))}
+
+    return ours, ref, 1e-9
+
+
+def bench_ytvis(rng: np.random.Generator, n_videos: int, frames: int) -> tuple:
+    import contextlib
+    import io
+
+    from test_ytvis_ap import random_video, reference_stats
+
+    from vidseg.metrics.ytvis_ap import YTVISMeanAP
+
+    areas = ((0.0, 1e10), (0.0, 128.0**2), (128.0**2, 256.0**2), (256.0**2, 1e10))
+    data = [random_video(rng, vid, h=H, w=W, n=frames) for vid in range(1, n_videos + 1)]
+    records, preds = [d[0] for d in data], [d[1] for d in data]
+
+    def ours() -> dict:
+        m = YTVISMeanAP(category_ids=[1, 2, 3], area_ranges=areas)
+        for r, p in zip(records, preds):
+            m.update(p, r)
+        return m.compute()
+
+    def ref() -> dict:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return reference_stats(records, preds, [1, 2, 3], areas)[0]
+
+    return ours, ref, 1e-9
+
+
+def bench_davis(rng: np.random.Generator, n_videos: int, frames: int) -> tuple:
+    from test_jf import random_video
+    from vos_benchmark.evaluator import Evaluator
+
+    from vidseg.metrics.jf import DavisJF
+
+    data = [random_video(rng, f"v{i}", H, W, frames) for i in range(n_videos)]
+
+    def ours() -> dict:
+        m = DavisJF(mode="semi")
+        out = {}
+        for record, pred in data:
+            j, f = m.video_j_and_f(pred, record)
+            for k in range(j.shape[0]):
+                out[f"{record.video_id}/{k + 1}/J"] = float(j[k].mean() * 100)
+                out[f"{record.video_id}/{k + 1}/F"] = float(f[k].mean() * 100)
+        return out
+
+    def ref() -> dict:
+        out = {}
+        for record, pred in data:
+            ev = Evaluator(boundary=0.008)
+            for t in range(1, record.num_frames - 1):
+                gt_map = np.zeros((record.height, record.width), np.uint8)
+                for k, mask in record.annotations[t].decode().masks.items():
+                    gt_map[mask] = k
+                ev.feed_frame(pred.instance_map(t).astype(np.uint8), gt_map)
+            ious, fs = ev.conclude()
+            for k in ious:
+                out[f"{record.video_id}/{k}/J"] = float(ious[k])
+                out[f"{record.video_id}/{k}/F"] = float(fs[k])
+        return out
+
+    return ours, ref, 1e-9
+
+
+def bench_burst(rng: np.random.Generator, n_videos: int, frames: int) -> tuple:
+    from test_hota import VOCAB, random_video, reference_mask_iou
+
+    from vidseg.metrics.hota import BurstHOTA
+
+    data = [random_video(rng, vid, h=H, w=W, n=frames) for vid in range(1, n_videos + 1)]
+
+    def ours() -> dict:
+        m = BurstHOTA(category_ids=VOCAB, similarity="mask")
+        for record, pred in data:
+            m.update(pred, record)
+        return {f"{c}/{k}": v[k] for c, v in m.per_class().items() for k in ("HOTA", "DetA", "AssA")}
+
+    def ref() -> dict:
+        res = reference_mask_iou(data)
+        return {f"{c}/{k}": float(100 * r[k].mean()) for c, r in res.items() for k in ("HOTA", "DetA", "AssA")}
+
+    return ours, ref, 1e-9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", default="", help="comma-separated subset of benchmark names")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the number of videos")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    def n(videos: int) -> int:
+        return max(1, round(videos * args.scale))
+
+    rng = np.random.default_rng(args.seed)
+    benches: dict[str, Callable[[], tuple]] = {
+        "ytvis": lambda: bench_ytvis(rng, n(30), 30),
+        "davis": lambda: bench_davis(rng, n(10), 30),
+        "burst": lambda: bench_burst(rng, n(30), 30),
+        "vpq_cityscapes": lambda: bench_vpq(rng, n(8), (1, 2, 3, 4), 6),
+        "vpq_vipseg": lambda: bench_vpq(rng, n(4), (1, 2, 4, 6, 8), 12),
+        "stq_kitti": lambda: bench_stq(rng, n(6), "kitti", 10),
+        "stq_vipseg": lambda: bench_stq(rng, n(6), "vipseg", 10),
+        "miou_vc": lambda: bench_miou(rng, n(10), 30),
+    }
+    only = [b for b in args.only.split(",") if b]
+    results = {}
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}; size {H}x{W}")  # fmt: skip
+    print(f"{'benchmark':16s} {'ours_s':>9s} {'reference_s':>12s} {'speedup':>8s}")
+    for name, make in benches.items():
+        if only and name not in only:
+            continue
+        ours_fn, ref_fn, tol = make()
+        t_ours, v_ours = timed(ours_fn)
+        t_ref, v_ref = timed(ref_fn)
+        check_equal(name, v_ours, v_ref, tol)  # type: ignore[arg-type]
+        results[name] = {"ours_s": t_ours, "reference_s": t_ref, "speedup": t_ref / t_ours}
+        print(f"{name:16s} {t_ours:9.2f} {t_ref:12.2f} {t_ref / t_ours:7.1f}x", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
