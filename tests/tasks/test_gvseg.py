@@ -29,8 +29,11 @@ from vidseg.tasks.gvseg import (
     contrastive_loss,
     contrastive_pairs,
     descriptor_change,
+    downsample_masks,
     frame_descriptors,
+    instance_contrastive_loss,
     panoptic_queries,
+    semantic_contrastive_loss,
     shape_position_descriptor,
     spa_query_adders,
 )
@@ -218,6 +221,21 @@ def test_encoder_shapes_gradients_and_outside_value() -> None:
     assert torch.allclose(out, enc.proj(raw)) and raw.shape == (2, 3, 34)
     with pytest.raises(ValueError, match=r"\[B, n, T, h, w\]"):
         enc(torch.randn(3, 2, 24, 24))
+
+
+def test_downsampled_masks_keep_majority_pixels_and_feed_encoder() -> None:
+    mask = torch.zeros(1, 1, 1, 8, 12, dtype=torch.bool)
+    mask[..., 0:2, 0:3] = True  # one full 2×2 block at (0, 0) and half of the block at (0, 1)
+    mask[..., 4:8, 6:12] = True
+    small = downsample_masks(mask, 6)  # 8×12 → 4×6, 2×2 blocks
+    expected = torch.zeros(4, 6, dtype=torch.bool)
+    expected[0, 0] = True  # block (0, 1) is only half covered → background
+    expected[2:4, 3:6] = True
+    assert torch.equal(small[0, 0, 0], expected)
+    assert torch.equal(downsample_masks(mask.float() * 4 - 2, 6), small)  # logits binarised first
+    assert torch.equal(downsample_masks(mask, 12), mask)
+    enc = ShapePositionEncoder(16, angle_bins=6, radius_bins=3, num_points=20, max_mask_size=6)
+    assert torch.equal(enc.descriptor(mask), shape_position_descriptor(small, 6, 3, 20, -0.25))
 
 
 # ---------------------------------------------------------------------------------------------- SPA / association
@@ -410,6 +428,28 @@ def test_contrastive_loss_forms_match_reference() -> None:
         contrastive_loss(a, b, pos, ~neg | pos, 0.5)
     with pytest.raises(ValueError, match="form"):
         contrastive_loss(a, b, pos, neg, 0.5, form="triplet")  # type: ignore[arg-type]
+
+
+def test_instance_and_semantic_contrastive_helpers() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    h_ref = torch.eye(3, 5) + 1.0
+    h_other = h_ref.clone()
+    h_other[2] += 1.0  # identity 2 changed a lot → negative
+    ids = torch.tensor([0, 1, 2])
+    pos, neg = contrastive_pairs(h_ref, h_other, ids, ids, 0.2)
+    assert pos.diagonal().tolist() == [True, True, False]
+    got = instance_contrastive_loss(a, b, ids, ids, h_ref, h_other, tau=0.2, temperature=0.5, form="idol")
+    assert torch.allclose(got, contrastive_loss(a, b, pos, neg, 0.5, form="idol"))
+    queue = ClassQueue(3, 8, size=4)
+    first = semantic_contrastive_loss(a, torch.tensor([0, 1, 1]), queue, temperature=0.5)
+    assert first.item() == 0.0 and queue.count.tolist() == [1, 2, 0]  # empty queue: no loss, then pushed
+    bank, bank_cls = queue.all()
+    qpos, qneg = class_pairs(torch.tensor([1, 0, 2]), bank_cls)
+    expected = contrastive_loss(b, bank, qpos, qneg, 0.5)
+    got = semantic_contrastive_loss(b, torch.tensor([1, 0, 2]), queue, temperature=0.5)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6) and got.item() > 0
+    assert queue.count.tolist() == [2, 3, 1] and torch.equal(queue.get(2), b[2:3])
 
 
 # ---------------------------------------------------------------------------------------------- config

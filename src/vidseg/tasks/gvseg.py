@@ -31,12 +31,15 @@ from vidseg.tasks.gvseg_contrastive import (
     class_pairs,
     contrastive_loss,
     contrastive_pairs,
+    instance_contrastive_loss,
+    semantic_contrastive_loss,
 )
 from vidseg.tasks.gvseg_descriptor import (
     ShapePositionEncoder,
     boundary_pixels,
     descriptor_change,
     descriptor_dim,
+    downsample_masks,
     frame_descriptors,
     shape_position_descriptor,
 )
@@ -58,8 +61,11 @@ __all__ = [
     "contrastive_pairs",
     "descriptor_change",
     "descriptor_dim",
+    "downsample_masks",
     "frame_descriptors",
+    "instance_contrastive_loss",
     "panoptic_queries",
+    "semantic_contrastive_loss",
     "shape_position_descriptor",
     "spa_adder",
     "spa_query_adders",
@@ -80,6 +86,7 @@ class GvSegConfig:
         contrastive: task-oriented temporal contrastive loss.
         angle_bins, radius_bins, num_points, max_radius: descriptor H (36 × 12 bins, M = 200: gvseg.md §3;
             max_radius = fraction of the image diagonal spanned by the radius bins: ours).
+        max_mask_size: downsample masks to at most this side before computing H in the SPA hook (None = off).
         tau: ΔH threshold for same-identity positives (0.2, gvseg.md §5).
         queue_size: per-class FIFO length for semantic targets (N_Q = 100, gvseg.md §5).
         grid: S of the S×S grid (not stated in GvSeg; ours). grid_queries: N cells (None = the task's
@@ -95,6 +102,7 @@ class GvSegConfig:
     radius_bins: int = 12
     num_points: int = 200
     max_radius: float = 1.0
+    max_mask_size: int | None = None
     tau: float = 0.2
     queue_size: int = 100
     grid: int = 16
@@ -111,6 +119,8 @@ class GvSegConfig:
         bad = {k: v for k, v in positive.items() if not v > 0}
         if bad:
             raise ValueError(f"GvSegConfig: these values must be > 0: {bad}")
+        if self.max_mask_size is not None and self.max_mask_size < 1:
+            raise ValueError(f"GvSegConfig: max_mask_size must be ≥ 1 or None, got {self.max_mask_size}")
         if self.grid_queries is not None and not 0 < self.grid_queries <= self.grid * self.grid:
             raise ValueError(f"GvSegConfig: grid_queries={self.grid_queries} must be in 1..grid² = {self.grid ** 2}")
         if not 0.0 <= self.momentum < 1.0:
@@ -137,7 +147,8 @@ class GvSegConfig:
 
     def encoder(self, d_model: int) -> ShapePositionEncoder:
         """The :class:`ShapePositionEncoder` with this config's descriptor settings."""
-        return ShapePositionEncoder(d_model, self.angle_bins, self.radius_bins, self.num_points, self.max_radius)
+        return ShapePositionEncoder(d_model, self.angle_bins, self.radius_bins, self.num_points, self.max_radius,
+                                    self.max_mask_size)
 
 
 def spa_adder(encoder: ShapePositionEncoder) -> QueryAdder:

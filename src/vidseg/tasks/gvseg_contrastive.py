@@ -173,3 +173,49 @@ class ClassQueue(nn.Module):
         filled = torch.arange(self.size, device=self.queue.device)[None, :] < self.count[:, None]  # [C, size]
         classes = torch.arange(self.num_classes, device=self.queue.device)[:, None].expand(-1, self.size)
         return self.queue[filled], classes[filled]
+
+
+def instance_contrastive_loss(
+    emb_ref: Tensor,
+    emb_other: Tensor,
+    ids_ref: Tensor,
+    ids_other: Tensor,
+    h_ref: Tensor,
+    h_other: Tensor,
+    tau: float = 0.2,
+    temperature: float = 0.1,
+    form: LossForm = "infonce",
+    weight: float = 1.0,
+    valid_ref: Tensor | None = None,
+    valid_other: Tensor | None = None,
+) -> Tensor:
+    """Instance TCL: :func:`contrastive_pairs` (ΔH < tau gating) then :func:`contrastive_loss`.
+
+    emb_*: query embeddings [Na, d], [Nb, d]; ids_*: identities (GT track ids of the matched targets, −1 for
+    unmatched queries); h_*: raw descriptors of the targets' GT masks in the two frames/clips [Na, D], [Nb, D].
+    """
+    pos, neg = contrastive_pairs(h_ref, h_other, ids_ref, ids_other, tau, valid_ref, valid_other)
+    return contrastive_loss(emb_ref, emb_other, pos, neg, temperature, form, weight)
+
+
+def semantic_contrastive_loss(
+    embeddings: Tensor,
+    classes: Tensor,
+    queue: ClassQueue,
+    temperature: float = 0.1,
+    form: LossForm = "infonce",
+    weight: float = 1.0,
+    push: bool = True,
+) -> Tensor:
+    """Semantic TCL: anchors [N, d] of classes [N] against the queue as it was BEFORE this call (same class =
+    positive, other class = negative); then, with ``push``, the anchors are appended to the queue (detached).
+    An empty queue gives 0 (connected to the graph)."""
+    bank, bank_classes = queue.all()
+    if bank.shape[0] == 0:
+        loss = embeddings.sum() * 0.0
+    else:
+        pos, neg = class_pairs(classes.to(bank_classes.device), bank_classes)
+        loss = contrastive_loss(embeddings, bank.to(embeddings.dtype), pos, neg, temperature, form, weight)
+    if push:
+        queue.push(embeddings, classes)
+    return loss

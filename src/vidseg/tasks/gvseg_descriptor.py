@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -167,6 +168,20 @@ def shape_position_descriptor(
     return out.view(*lead, out.shape[-1])
 
 
+def downsample_masks(masks: Tensor, max_size: int | None) -> Tensor:
+    """Foreground (``> 0``) of masks [..., h, w] as bool, area-downsampled so that max(h, w) ≤ ``max_size``
+    (a low-resolution pixel is foreground when more than half of it is); unchanged size if already small.
+    H normalises radius by the diagonal and position by the image size, so it is nearly resolution-free."""
+    fg = masks if masks.dtype == torch.bool else masks > 0
+    h, w = fg.shape[-2:]
+    if max_size is None or max(h, w) <= max_size:
+        return fg
+    scale = max_size / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = F.adaptive_avg_pool2d(fg.reshape(-1, 1, h, w).float(), size) > 0.5
+    return small.view(*fg.shape[:-2], *size)
+
+
 def descriptor_change(h_ref: Tensor, h_other: Tensor, eps: float = 1e-12) -> Tensor:
     """ΔH = ‖H_other − H_ref‖₂ / ‖H_ref‖₂ over the last dim (GvSeg §5), broadcasting leading dims."""
     return (h_other - h_ref).norm(dim=-1) / h_ref.norm(dim=-1).clamp(min=eps)
@@ -176,7 +191,8 @@ class ShapePositionEncoder(nn.Module):
     """H projected to the query width: masks [B, n, T, h, w] → [B, n, d_model].
 
     The raw descriptor (see module docstring; outside bins = −1/√d_model) goes through a 2-layer MLP
-    (Linear D→d, ReLU, Linear d→d). Masks are detached: gradients reach only the MLP.
+    (Linear D→d, ReLU, Linear d→d). Masks are detached: gradients reach only the MLP. ``max_mask_size``
+    (optional) area-downsamples the masks first so that max(h, w) ≤ it (cost control for the decoder hook).
     """
 
     def __init__(
@@ -186,9 +202,13 @@ class ShapePositionEncoder(nn.Module):
         radius_bins: int = 12,
         num_points: int = 200,
         max_radius: float = 1.0,
+        max_mask_size: int | None = None,
     ) -> None:
         super().__init__()
         _check_bins(angle_bins, radius_bins, num_points, max_radius)
+        if max_mask_size is not None and max_mask_size < 1:
+            raise ValueError(f"ShapePositionEncoder: max_mask_size must be ≥ 1 or None, got {max_mask_size}")
+        self.max_mask_size = max_mask_size
         self.d_model = d_model
         self.angle_bins, self.radius_bins = angle_bins, radius_bins
         self.num_points, self.max_radius = num_points, max_radius
@@ -204,7 +224,8 @@ class ShapePositionEncoder(nn.Module):
     def descriptor(self, masks: Tensor) -> Tensor:
         """Raw H of masks [..., T, h, w] → [..., u·v + 2] (used for ΔH in contrastive sampling)."""
         return shape_position_descriptor(
-            masks, self.angle_bins, self.radius_bins, self.num_points, self.outside_value, self.max_radius
+            downsample_masks(masks, self.max_mask_size), self.angle_bins, self.radius_bins, self.num_points,
+            self.outside_value, self.max_radius,
         )
 
     def forward(self, masks: Tensor) -> Tensor:
