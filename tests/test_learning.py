@@ -1,0 +1,111 @@
+"""Learning checks: `python -m vidseg.train task=T` (the default tiny CPU recipe on the built-in synthetic data)
+must reach the issue's bars on the synthetic val split, and beat a trivial baseline computed on the same data.
+
+These are the slowest tests (a few minutes of training each); they run in one xdist group so that two of them
+never compete for the two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vidseg.data.formats import get_format
+from vidseg.data.records import IGNORE_LABEL, TrackPrediction, VideoPrediction
+from vidseg.data.synthetic import ensure_synthetic
+from vidseg.inference.resize import masks_to_rles
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("learning")]
+
+BARS = {
+    "vos": {"J&F-Mean": 0.70},
+    "vis": {"AP": 0.20, "AP50": 0.40},
+    "vss": {"mIoU": 0.50},
+    "vps": {"VPQ": 20.0, "STQ": 0.35},
+    "pet": {"J&F-Mean": 0.55},
+}
+
+
+def _train(task: str, run_dir: Path, cache: Path) -> dict:
+    env = {**os.environ, "VIDSEG_CACHE": str(cache), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "vidseg.train", f"task={task}", f"hydra.run.dir={run_dir}", "logger=csv",
+           "print_config=false"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert task in metrics, metrics
+    return metrics[task]
+
+
+def _val(fmt: str, cache: Path):
+    root = ensure_synthetic(fmt, cache / "synthetic")
+    return get_format(fmt).read(root, "val")
+
+
+def _copy_first_frame_jf(cache: Path) -> float:
+    """J&F of predicting every object's first-appearance mask in every frame."""
+    from vidseg.metrics.jf import DavisJF
+
+    ds = _val("davis", cache)
+    metric = DavisJF()
+    for video in ds.videos:
+        tracks = []
+        for p in video.prompts:
+            mask = video.annotation_at(p.frame).decode().masks[p.track_id]
+            masks = np.zeros((video.num_frames, *mask.shape), dtype=bool)
+            masks[p.frame:] = mask
+            tracks.append(TrackPrediction(p.track_id, None, 1.0, masks_to_rles(_torch(masks))))
+        metric.update(VideoPrediction(video.video_id, video.height, video.width, video.frames.names, tracks), video)
+    return float(metric.compute()["J&F-Mean"])
+
+
+def _torch(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(a)
+
+
+def _majority_miou(cache: Path) -> float:
+    """mIoU of predicting the most frequent training class everywhere."""
+    from vidseg.metrics.miou import SemanticMIoU
+
+    train = get_format("vspw").read(ensure_synthetic("vspw", cache / "synthetic"), "train")
+    counts: dict[int, int] = {}
+    for video in train.videos:
+        for ann in video.annotations:
+            sem = ann.decode().semantic
+            vals, cnt = np.unique(sem[sem != IGNORE_LABEL], return_counts=True)
+            for v, c in zip(vals.tolist(), cnt.tolist()):
+                counts[v] = counts.get(v, 0) + c
+    majority = max(counts, key=counts.get)
+    val = _val("vspw", cache)
+    metric = SemanticMIoU(categories=val.categories)
+    for video in val.videos:
+        maps = [np.full((video.height, video.width), majority, dtype=np.int32) for _ in range(video.num_frames)]
+        metric.update(VideoPrediction(video.video_id, video.height, video.width, video.frames.names,
+                                      semantic_maps=maps), video)
+    return float(metric.compute()["mIoU"])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vidseg_cache")
+
+
+@pytest.mark.parametrize("task", ["vos", "vis", "vss", "vps", "pet"])
+def test_default_recipe_learns(task: str, tmp_path: Path, cache: Path) -> None:
+    scores = _train(task, tmp_path / "run", cache)
+    for key, bar in BARS[task].items():
+        assert scores[key] >= bar, f"{task}: {key} = {scores[key]:.4f} < {bar} (all: {scores})"
+    if task == "vos":
+        baseline = _copy_first_frame_jf(cache)
+        assert scores["J&F-Mean"] > baseline, f"VOS {scores['J&F-Mean']:.3f} ≤ copy-first-frame {baseline:.3f}"
+    if task == "vss":
+        baseline = _majority_miou(cache)
+        assert scores["mIoU"] >= 2 * baseline, f"VSS {scores['mIoU']:.3f} < 2 × majority {baseline:.3f}"
