@@ -129,6 +129,7 @@ def test_empty_mask() -> None:
     desc, valid = frame_descriptors(torch.zeros(1, 20, 30), U, V, M, OUT)
     assert not bool(valid[0])
     assert torch.equal(desc[0, :-2], torch.full((U * V,), OUT)) and torch.equal(desc[0, -2:], torch.zeros(2))
+    assert shape_position_descriptor(torch.zeros(2, 0, 3, 20, 30)).shape == (2, 0, U * V + 2)  # no masks
     clip = shape_position_descriptor(torch.zeros(1, 3, 20, 30), U, V, M, OUT)
     assert torch.equal(clip, desc)
 
@@ -460,6 +461,9 @@ def test_config_defaults_and_validation() -> None:
     built = GvSegConfig.from_any({"spa": True, "tau": 0.3, "loss_form": "idol"})
     assert built.spa and built.tau == 0.3 and not built.contrastive
     assert GvSegConfig.from_any(None) == cfg and GvSegConfig.from_any(built) is built
+    from omegaconf import OmegaConf  # Hydra passes nested nodes as DictConfig
+
+    assert GvSegConfig.from_any(OmegaConf.create({"spa": True, "tau": 0.3, "loss_form": "idol"})) == built
     with pytest.raises(ValueError, match="unknown keys"):
         GvSegConfig.from_any({"spaa": True})
     with pytest.raises(ValueError, match="tau"):
