@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ from vidseg.data.records import (
     VideoPrediction,
     VideoRecord,
 )
-from vidseg.metrics._boundary import disk, label_boundaries
+from vidseg.metrics._boundary import count_near, disk, label_boundaries
 from vidseg.metrics.jf import DavisJF, from_records
 
 KEYS = ["J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
@@ -208,10 +209,33 @@ def test_label_boundaries_equal_seg2bmap():
     rng = np.random.default_rng(0)
     lab = rng.integers(0, 4, size=(23, 31)).astype(np.int32)
     lab[5:15, 5:20] = 2
-    bounds = label_boundaries(lab)
-    for k in range(1, 4):
+    bounds = label_boundaries(lab, np.array([1, 2, 3, 5]))
+    for k in (1, 2, 3, 5):
         ref = np.flatnonzero(JAndF._seg2bmap(lab == k))
-        np.testing.assert_array_equal(bounds.get(k, np.zeros(0, np.int64)), ref)
+        np.testing.assert_array_equal(bounds[k], ref)
+    assert len(bounds[5]) == 0
+
+
+@pytest.mark.parametrize("radius", [1, 3, 8])
+@pytest.mark.parametrize("spread", [0, 4, 40])
+def test_count_near_equals_full_frame_dilation(radius, spread):
+    """Row search and its crop-dilation fallback vs cv2.dilate of the whole frame with skimage's disk, on
+    curves that are close (row search), far (fallback) or random clouds."""
+    rng = np.random.default_rng(radius * 100 + spread)
+    h, w = 70, 90
+    for _ in range(5):
+        ref = np.zeros((h, w), bool)
+        query = np.zeros((h, w), bool)
+        ys, xs = rng.integers(0, h, 60), rng.integers(0, w, 60)
+        ref[ys, xs] = True
+        query[
+            np.clip(ys + rng.integers(-spread, spread + 1, 60), 0, h - 1),
+            np.clip(xs + rng.integers(-spread, spread + 1, 60), 0, w - 1),
+        ] = True
+        dilated = cv2.dilate(ref.astype(np.uint8), skimage_disk(radius).astype(np.uint8)).astype(bool)
+        expected = int((dilated & query).sum())
+        got = count_near(np.flatnonzero(query), np.flatnonzero(ref), (h, w), radius)
+        assert got == expected
 
 
 def square_video_semi():

@@ -89,7 +89,7 @@ def count_near(query: np.ndarray, ref: np.ndarray, shape: tuple[int, int], radiu
     hits = 0
     order = sorted(range(-radius, radius + 1), key=abs)
     for i, dy in enumerate(order):
-        if len(todo) * (len(order) - i) * 8 > crop_area:  # a dilation is cheaper for what is left
+        if i >= 3 and len(todo) * (len(order) - i) * 8 > crop_area:  # a dilation is cheaper for the rest
             return hits + _Dilated(ref, shape, disk(radius), radius).count_hits(query[todo])
         base = (qy[todo] + dy) * w
         x = qx[todo]

@@ -34,12 +34,43 @@ from vidseg.metrics._common import (
 JF_KEYS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 
 
+def _paint(items: list[tuple[int, np.ndarray]], height: int, width: int) -> np.ndarray:
+    """int32 label map (C or Fortran order) from (id, bool mask) pairs, later pairs winning. Masks are pasted into a
+    buffer of their own memory order (pycocotools decodes in Fortran order, PNG decoders give C order;
+    `np.copyto(where=)` is fast only with matching layouts); the buffers merge once at the end."""
+    out_c = np.zeros((height, width), dtype=np.int32)
+    out_f = np.zeros((height, width), dtype=np.int32, order="F")
+    used_c = used_f = False
+    for value, mask in items:
+        if mask.flags.f_contiguous and not mask.flags.c_contiguous:
+            np.copyto(out_f, value, where=mask)
+            if used_c:  # the later mask wins: clear it from the other buffer
+                np.copyto(out_c, 0, where=mask)
+            used_f = True
+        else:
+            np.copyto(out_c, value, where=mask)
+            if used_f:
+                np.copyto(out_f, 0, where=mask)
+            used_c = True
+    if not used_f:
+        return out_c
+    return out_f if not used_c else out_c + out_f
+
+
+def _common_layout(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both label maps as C-contiguous arrays without copies where possible: two Fortran-order maps are
+    used transposed (J and DAVIS' boundary map are symmetric under transposition: right <-> lower
+    neighbour, last row <-> last column, and the disk is symmetric)."""
+    if gt_labels.flags.f_contiguous and pred_labels.flags.f_contiguous and not gt_labels.flags.c_contiguous:
+        return gt_labels.T, pred_labels.T
+    return np.ascontiguousarray(gt_labels), np.ascontiguousarray(pred_labels)
+
+
 def gt_label_map(gt: VideoRecord, frame_pos: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Label map int32 [H, W] and void mask of the GT annotation at position `frame_pos` of the annotations
     list. Overlapping GT masks cannot be a DAVIS label map: error."""
     ann = gt.annotations[frame_pos]
     labels = ann.decode()
-    out = np.zeros((gt.height, gt.width), dtype=np.int32)
     total = 0
     for tid, mask in labels.masks.items():
         if mask.shape != (gt.height, gt.width):
@@ -47,8 +78,8 @@ def gt_label_map(gt: VideoRecord, frame_pos: int) -> tuple[np.ndarray, np.ndarra
                 f"GT video {gt.video_id!r} frame {ann.frame} track {tid}: mask {mask.shape} differs from the "
                 f"video size ({gt.height}, {gt.width})"
             )
-        np.putmask(out, mask, tid)
         total += int(np.count_nonzero(mask))
+    out = _paint([(tid, m.astype(bool, copy=False)) for tid, m in labels.masks.items()], gt.height, gt.width)
     if total != np.count_nonzero(out):
         raise AnnotationFormatError(
             f"GT video {gt.video_id!r} frame {ann.frame}: track masks overlap (J&F needs a label map)"
@@ -59,12 +90,12 @@ def gt_label_map(gt: VideoRecord, frame_pos: int) -> tuple[np.ndarray, np.ndarra
 def prediction_label_map(pred: VideoPrediction, frame: int) -> np.ndarray:
     """The label map a DAVIS writer produces: track id per pixel, higher score pasted last (ties: later
     track wins), as `VideoPrediction.instance_map`."""
-    out = np.zeros((pred.height, pred.width), dtype=np.int32, order="F")  # pycocotools decodes in F order
-    for trk in sorted(pred.tracks, key=lambda tr: tr.score):
-        rle = trk.masks[frame]
-        if rle is not None:
-            np.putmask(out, mask_utils.decode(rle), trk.track_id)
-    return np.ascontiguousarray(out)
+    items = [
+        (trk.track_id, mask_utils.decode(trk.masks[frame]).view(bool))  # decode gives 0/1 uint8
+        for trk in sorted(pred.tracks, key=lambda tr: tr.score)
+        if trk.masks[frame] is not None
+    ]
+    return _paint(items, pred.height, pred.width)
 
 
 class DavisJF(Metric):
@@ -126,7 +157,7 @@ class DavisJF(Metric):
             if self.mode == "unsupervised" and void is not None:
                 pred_labels = np.where(void, 0, pred_labels)
                 labels = np.where(void, 0, labels)
-            frames.append((frame, labels, pred_labels))
+            frames.append((frame, *_common_layout(labels, pred_labels)))
         if self.mode == "semi":
             return self._semi(frames, gt_objects, radius, where)
         return self._unsupervised(frames, gt_objects, radius, where)
