@@ -25,9 +25,7 @@ class PETTask(VOSTask):
         super().__init__(**vos_kwargs)
 
     def eval_point_objects(self, prompts: list) -> list[bool]:
-        missing = [p.track_id for p in prompts if p.point is None]
-        if missing:
-            raise ValueError(f"pet: prompts of tracks {missing} have no point")
+        """Every object is a point object (mask-only prompts get their mask's distance-transform peak)."""
         return [True] * len(prompts)
 
     def make_metric(self, dataset: DatasetRecord) -> Any:

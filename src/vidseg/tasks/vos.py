@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidseg.data.clip_dataset import distance_peak
 from vidseg.data.records import Batch, Category, DatasetRecord, TrackPrediction, VideoPrediction
 from vidseg.inference.resize import logits_to_original, masks_to_rles
 from vidseg.losses.masks import mask_losses
@@ -224,7 +225,7 @@ class VOSTask(Task):
             mt = F.pad(mt, (0, padded[1] - video.valid_hw[1], 0, padded[0] - video.valid_hw[0]))
             masks.append(F.interpolate(mt, size=(h4, w4), mode="area")[0, 0] > 0.5)
             frames_k.append(p.frame)
-            points.append(self.prompt_point(p, record, video, padded))
+            points.append(self.prompt_point(p, m, record, video, padded))
         is_point = self.eval_point_objects(prompts)
         pts = torch.stack(points)[None].to(device) if all(x is not None for x in points) else None
         qs = self.build_queries(
@@ -250,11 +251,19 @@ class VOSTask(Task):
     def eval_point_objects(self, prompts: list) -> list[bool]:
         return [False] * len(prompts)
 
-    def prompt_point(self, prompt: Any, record: Any, video: Any, padded: tuple[int, int]) -> torch.Tensor | None:
-        if prompt.point is None:
+    def prompt_point(
+        self, prompt: Any, mask: np.ndarray, record: Any, video: Any, padded: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The prompt's point in [0, 1] coordinates of the padded clip; mask-only prompts get the mask's
+        distance-transform peak (the training rule), so PET also runs on mask datasets such as DAVIS."""
+        if prompt.point is not None:
+            x, y = prompt.point.x, prompt.point.y
+        elif mask.any():
+            x, y = distance_peak(mask)
+        else:
             return None
         sy, sx = video.valid_hw[0] / record.height, video.valid_hw[1] / record.width
-        return torch.tensor([(prompt.point.x + 0.5) * sx / padded[1], (prompt.point.y + 0.5) * sy / padded[0]])
+        return torch.tensor([(x + 0.5) * sx / padded[1], (y + 0.5) * sy / padded[0]])
 
     def make_metric(self, dataset: DatasetRecord) -> Any:
         from vidseg.metrics.jf import DavisJF
