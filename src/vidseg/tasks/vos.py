@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidseg.data.clip_dataset import distance_peak
-from vidseg.data.records import Batch, Category, DatasetRecord, TrackPrediction, VideoPrediction
-from vidseg.inference.resize import logits_to_original, masks_to_rles
+from vidseg.data.records import Batch, Category, DatasetRecord, VideoPrediction
 from vidseg.losses.masks import mask_losses
 from vidseg.model.position import sine_position_2d
 from vidseg.model.queries import LearnedQueries, QuerySet
@@ -59,6 +58,9 @@ class VOSTask(Task):
         num_points: int | None = 12544,
         deep_supervision: bool = True,
         seed: int = 22021994,
+        clip_len: int | None = None,
+        clip_overlap: int = 0,
+        revive_lost: bool = False,
     ) -> None:
         super().__init__()
         self.q_train, self.q_eval = queries_per_object, queries_per_object_eval
@@ -72,6 +74,8 @@ class VOSTask(Task):
         self.point_init: PointQueryInit | None = None
         self.embeds: nn.ModuleDict | None = None
         self.current_step = 0  # set by the LightningModule (global step) before each training forward
+        # inference: clip length/overlap (TarViS DAVIS 12/6, BURST 8/4; None = whole video as one clip)
+        self.clip_len, self.clip_overlap, self.revive_lost = clip_len, clip_overlap, revive_lost
 
     def setup(self, model: Any, vocabularies: Mapping[str, list[Category]]) -> None:
         super().setup(model, vocabularies)
@@ -203,50 +207,12 @@ class VOSTask(Task):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict_video(self, model: Any, video: Any, record: Any, dataset: str) -> VideoPrediction:
-        """Whole video as one clip: objects start at their prompt frames (later-appearing objects included)."""
-        device = next(model.parameters()).device
-        frames = video.frames.unsqueeze(0).to(device)
-        feats = model.encode(frames)
-        h4, w4 = feats.mask_features.shape[-2:]
-        padded = tuple(frames.shape[-2:])
-        prompts = sorted(record.prompts, key=lambda p: (p.track_id))
-        if not prompts:
-            raise ValueError(f"vos: video {record.video_id} has no prompts (first-appearance masks or points)")
-        ids = [p.track_id for p in prompts]
-        masks, frames_k, points, gt_full = [], [], [], {}
-        for p in prompts:
-            ann = record.annotation_at(p.frame)
-            m = ann.decode().masks.get(p.track_id) if ann is not None else None
-            if m is None:
-                m = np.zeros((record.height, record.width), dtype=bool)
-            gt_full[p.track_id] = (p.frame, m)
-            mt = torch.from_numpy(m)[None, None].float()
-            mt = F.interpolate(mt, size=video.valid_hw, mode="nearest")
-            mt = F.pad(mt, (0, padded[1] - video.valid_hw[1], 0, padded[0] - video.valid_hw[0]))
-            masks.append(F.interpolate(mt, size=(h4, w4), mode="area")[0, 0] > 0.5)
-            frames_k.append(p.frame)
-            points.append(self.prompt_point(p, m, record, video, padded))
-        is_point = self.eval_point_objects(prompts)
-        pts = torch.stack(points)[None].to(device) if all(x is not None for x in points) else None
-        qs = self.build_queries(
-            feats, [torch.stack(masks).to(device)], [torch.tensor(frames_k, device=device)],
-            [pts[0] if pts is not None else None], is_point, self.q_eval, self.pix_eval,
-        )
-        out = model.decode(feats, qs)
-        logits = self.object_logits(out, -1, qs.owners, len(ids))[0, 1:]  # [N, T, h4, w4]
-        for k, f in enumerate(frames_k):  # objects do not exist before their first GT frame
-            logits[k, :f] = -1000.0
-        full = logits_to_original(logits, padded, video.valid_hw, video.orig_hw)  # [N, T, H, W]
-        best, arg = full.max(0)
-        labels = torch.where(best > 0, arg + 1, torch.zeros_like(arg)).cpu()
-        for k, tid in enumerate(ids):  # the GT mask wins on its own frame
-            f, m = gt_full[tid]
-            lab = labels[f]
-            lab[lab == k + 1] = 0
-            lab[torch.from_numpy(m)] = k + 1
-        tracks = [TrackPrediction(tid, None, 1.0, masks_to_rles(labels == k + 1)) for k, tid in enumerate(ids)]
-        return VideoPrediction(record.video_id, video.orig_hw[0], video.orig_hw[1], list(record.frames.names),
-                               tracks=tracks)
+        """Overlapping clips of `clip_len` (None: the whole video as one clip); each clip's queries are
+        re-encoded from the previous clips' predictions on the shared frames, objects prompted on later frames
+        join when their prompt appears (see `vidseg.inference.vos_stream`)."""
+        from vidseg.inference.vos_stream import predict_objects
+
+        return predict_objects(self, model, video, record)
 
     def eval_point_objects(self, prompts: list) -> list[bool]:
         return [False] * len(prompts)
