@@ -2,19 +2,27 @@
 
 training_step:  feats = model.encode(frames); queries = task.init_queries(...); out = model.decode(...);
                 losses = task.loss(...)
-validation:     each val loader is one dataset; its task predicts whole videos and updates the dataset's metric.
+validation:     each val loader is one dataset; its task predicts whole videos and updates the dataset's metric;
+                the first videos of each dataset are drawn as mask overlays for the loggers (utils/media.py).
+
+Exact resume: the global RNGs (torch, numpy, python) are re-seeded before every micro-batch from
+(seed, rank, micro-batch number), so no RNG state has to survive a restart; the sampler continues from the
+trainer's progress (datamodule), model/optimizer/scheduler/counters come from the checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from vidseg.data.records import Batch
@@ -41,7 +49,14 @@ class VidsegModule(pl.LightningModule):
         optim: Mapping[str, Any],
         dataset_tasks: Mapping[str, str] | None = None,
         val_datasets: list[str] | None = None,
+        seed: int | None = None,
+        max_nonfinite_skips: int | None = None,
+        media_videos: int = 0,
+        media_max_frames: int = 16,
     ) -> None:
+        """seed: re-seed the global RNGs per micro-batch from (seed, rank, micro-batch) — None keeps them
+        running; max_nonfinite_skips: non-finite steps skipped before training stops (default: optim's
+        `max_nonfinite_skips`, else 10); media_videos: videos per dataset drawn as overlays each validation."""
         super().__init__()
         self.model = model
         self.tasks = nn.ModuleDict(dict(tasks))
@@ -51,48 +66,89 @@ class VidsegModule(pl.LightningModule):
         self.metrics: dict[str, Any] = {}
         self.final_metrics: dict[str, dict[str, float]] = {}
         self.val_records: dict[str, Any] = {}
+        self.seed = seed
+        if max_nonfinite_skips is None:
+            max_nonfinite_skips = int(self.optim_cfg.get("max_nonfinite_skips", 10))
+        self.max_nonfinite_skips = int(max_nonfinite_skips)
+        self.media_videos, self.media_max_frames = int(media_videos), int(media_max_frames)
         self.skipped_steps = 0
         self._t_last: float | None = None
 
     # ------------------------------------------------------------------ training
     def forward_task(self, batch: Batch) -> tuple[dict[str, torch.Tensor], Any]:
+        """The one place a training forward happens: encode → task queries → decode (with the task's query
+        adders, e.g. GvSeg SPA) → task loss terms."""
         task: Task = self.tasks[batch.task]
         feats = self.model.encode(batch.frames)
         queries = task.init_queries(self.model, feats, batch)
-        out = self.model.decode(feats, queries)
+        out = self.model.decode(feats, queries, getattr(queries, "query_adders", None))
         losses = task.loss(self.model, feats, queries, out, batch)
         return losses, out
+
+    def micro_batch_number(self) -> int:
+        """Micro-batches started since the beginning of training (continues across a resume)."""
+        if self._trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.total_batch_idx)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.seed is not None:
+            seed_step_rngs(self.seed, self.global_rank, self.micro_batch_number())
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         self.tasks[batch.task].current_step = self.global_step
         losses, _ = self.forward_task(batch)
         total = sum(losses.values())
-        # parameters of other tasks take part with weight 0 so DDP sees every parameter used
-        unused = [p for name, t in self.tasks.items() if name != batch.task for p in t.parameters() if p.requires_grad]
-        if unused:
-            total = total + 0.0 * sum(p.sum() for p in unused)
-        if not torch.isfinite(total):
-            self.skipped_steps += 1
-            max_skips = int(self.optim_cfg.get("max_nonfinite_skips", 10))
-            videos = [s.video_id for s in batch.samples]
-            msg = f"non-finite loss at step {self.global_step} (task {batch.task}, videos {videos})"
-            if self.skipped_steps > max_skips:
-                raise FloatingPointError(f"{msg}: more than {max_skips} non-finite steps, stopping")
-            log.warning("%s: step skipped (%d so far)", msg, self.skipped_steps)
+        if not self._all_ranks_finite(total):
+            self._skip_nonfinite(batch)
             return None
+        if self._distributed():
+            # every parameter takes part (weight 0) so DDP's reducer sees the heads/groups of other tasks and
+            # branches this batch did not use, without find_unused_parameters' graph walk each step
+            touched = torch.stack([p.reshape(-1)[0] for p in self.parameters() if p.requires_grad])
+            total = total + 0.0 * touched.sum().to(total.dtype)
         bs = len(batch)
         for k, v in losses.items():
             self.log(f"train/{batch.task}/{k}", v.detach(), batch_size=bs)
         self.log(f"train/{batch.task}/loss", total.detach(), prog_bar=True, batch_size=bs)
+        self.log("train/loss", total.detach(), batch_size=bs)
         opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
         if opt is not None:
-            for i, group in enumerate(opt.param_groups[:2]):
-                self.log(f"train/lr_group{i}", group["lr"], batch_size=bs)
+            for i, group in enumerate(opt.param_groups):
+                self.log(f"train/lr/{group.get('name', i)}", group["lr"], batch_size=bs)
         now = time.perf_counter()
         if self._t_last is not None:
-            self.log("train/clips_per_s", bs / max(now - self._t_last, 1e-9), batch_size=bs)
+            world = self.trainer.world_size if self._trainer is not None else 1
+            self.log("train/clips_per_s", bs * world / max(now - self._t_last, 1e-9), batch_size=bs)
         self._t_last = now
         return total
+
+    def _distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _all_ranks_finite(self, total: torch.Tensor) -> bool:
+        """True when the loss is finite on every rank (one tiny all-reduce under DDP so all ranks skip together
+        and no rank waits in a backward the others skipped)."""
+        finite = torch.isfinite(total.detach()).to(torch.float32).reshape(1)
+        if self._distributed():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item() > 0)
+
+    def _skip_nonfinite(self, batch: Batch) -> None:
+        self.skipped_steps += 1
+        videos = [s.video_id for s in batch.samples]
+        msg = (f"non-finite loss at step {self.global_step} (micro-batch {self.micro_batch_number()}, task "
+               f"{batch.task}, dataset {batch.dataset}, videos {videos})")
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(batch))
+        if self.skipped_steps > self.max_nonfinite_skips:
+            raise FloatingPointError(f"{msg}: more than {self.max_nonfinite_skips} non-finite steps, stopping")
+        log.warning("%s: step skipped (%d so far)", msg, self.skipped_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vidseg"] = {"skipped_steps": self.skipped_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("vidseg", {}).get("skipped_steps", 0))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         clip = self.optim_cfg.get("clip_norm")
@@ -112,7 +168,8 @@ class VidsegModule(pl.LightningModule):
             key = (name.startswith("model.backbone."), _is_no_decay(name, p))
             groups.setdefault(key, []).append(p)
         param_groups = [
-            {"params": ps, "lr": lr * (bb_mult if is_bb else 1.0), "weight_decay": 0.0 if no_wd else wd}
+            {"params": ps, "lr": lr * (bb_mult if is_bb else 1.0), "weight_decay": 0.0 if no_wd else wd,
+             "name": f"{'backbone' if is_bb else 'rest'}{'_no_wd' if no_wd else ''}"}
             for (is_bb, no_wd), ps in groups.items()
         ]
         opt = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
@@ -147,6 +204,19 @@ class VidsegModule(pl.LightningModule):
         gt = self.val_records[name].videos[video.index]
         pred = task.predict_video(self.model, video, gt, name)
         self.metrics[name].update(pred, gt)
+        if batch_idx < self.media_videos and self._trainer is not None and self.trainer.is_global_zero:
+            self._log_media(self.dataset_tasks[name], name, video, pred)
+
+    def _log_media(self, task_name: str, dataset: str, video: Any, pred: Any) -> None:
+        """Overlay of one validation video for the loggers (`val_media/<task>/<dataset>/<video>`)."""
+        from pathlib import Path
+
+        from vidseg.utils.media import log_overlays, overlay_video
+
+        overlay = overlay_video(video.frames, video.valid_hw, pred, max_frames=self.media_max_frames)
+        media_dir = Path(self.trainer.default_root_dir) / "media"
+        log_overlays(self.loggers, f"val_media/{task_name}/{dataset}/{pred.video_id}", overlay, self.global_step,
+                     media_dir)
 
     def on_validation_epoch_end(self) -> None:
         results: dict[str, dict[str, float]] = {}
@@ -158,6 +228,16 @@ class VidsegModule(pl.LightningModule):
                 if math.isfinite(v):
                     self.log(f"val/{task_name}/{name}/{k}", v, batch_size=1, sync_dist=False)
         self.final_metrics = _by_task(results, self.dataset_tasks, self.val_datasets)
+
+
+def seed_step_rngs(seed: int, rank: int, micro_batch: int) -> int:
+    """Seed torch, numpy and python's global RNGs from (seed, rank, micro-batch); returns the derived seed.
+    Whatever a training step draws (dropout, random pixels, grid cells) then depends only on the step."""
+    derived = int(np.random.SeedSequence([int(seed), int(rank), int(micro_batch)]).generate_state(1)[0])
+    torch.manual_seed(derived)
+    np.random.seed(derived)
+    random.seed(derived)
+    return derived
 
 
 def _is_scalar(v: Any) -> bool:

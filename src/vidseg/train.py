@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +18,31 @@ from vidseg.utils.run import build_run, close_loggers, resolve_ckpt_path, write_
 log = logging.getLogger(__name__)
 
 
+# The datamodule restores the sampler position from the checkpoint itself (VidsegDataModule.state_dict), so
+# Lightning's generic warning about mid-epoch checkpoints of non-resumable loaders does not apply.
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Build data, model, tasks and trainer from `cfg`; fit; validate; return the final metrics."""
+    """Build data, model, tasks and trainer from `cfg`; fit; validate; write `metrics.json` (rank 0);
+    return the final metrics. Loggers are closed whatever happens (multirun jobs get separate W&B runs)."""
     run = build_run(cfg)
     trainer, module, datamodule = run.trainer, run.module, run.datamodule
     ckpt = resolve_ckpt_path(cfg)
+    status = "failed"
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
         metrics: dict[str, Any] = {}
         if cfg.get("validate", True) and datamodule.val_names():
             trainer.validate(module, datamodule=datamodule, verbose=False)
             metrics = module.final_metrics
-        out_dir = Path(cfg.paths.output_dir)
-        write_json_atomic(out_dir / "metrics.json", metrics)
-        log.info("final metrics: %s", json.dumps(metrics))
+        if trainer.is_global_zero:
+            write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+            log.info("final metrics: %s", json.dumps(metrics))
+        status = "success"
         return metrics
     finally:
-        close_loggers(trainer)
+        close_loggers(trainer, status)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
@@ -42,7 +51,7 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.get("print_config", True):
         from vidseg.utils.run import print_config
 
-        print_config(cfg)
+        print_config(cfg)  # rank 0 only
     metrics = train(cfg)
     key = cfg.get("optimized_metric")
     if key:

@@ -4,7 +4,7 @@ through the multi-task batch sampler, one validation loader of whole videos per 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from vidseg.data.formats import get_format
 from vidseg.data.records import Batch, ClipSample, DatasetRecord, VideoRecord, collate_clips
@@ -72,6 +72,20 @@ class EvalVideoDataset(Dataset):
         return EvalVideo(self.name, i, x, valid, (video.height, video.width))
 
 
+class RankShard(Sampler[int]):
+    """Videos rank, rank + world, ... in order: each rank validates its own videos, none twice (the metrics
+    merge across ranks), unlike DistributedSampler which pads with repeats."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
 def _first(items: list[EvalVideo]) -> EvalVideo:
     return items[0]
 
@@ -91,8 +105,10 @@ class VidsegDataModule(pl.LightningDataModule):
         chunk: int = 1,
         tasks: list[str] | None = None,
         samples_per_video: int = 1000,
+        max_val_videos: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_val_videos = max_val_videos  # cap on every dataset's val videos (its eval.max_videos wins)
         self.specs = {k: v for k, v in datasets.items() if tasks is None or v["task"] in tasks}
         if not self.specs:
             raise ValueError(f"no dataset configured for tasks {tasks}; data.datasets has {sorted(datasets)}")
@@ -102,7 +118,8 @@ class VidsegDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.train_records: dict[str, DatasetRecord] = {}
         self.val_records: dict[str, DatasetRecord] = {}
-        self.batch_sampler = None
+        self.batch_sampler: Any = None
+        self._resume_micro: int | None = None
         self._loaded = False
 
     # ------------------------------------------------------------------ records
@@ -160,20 +177,38 @@ class VidsegDataModule(pl.LightningDataModule):
             prompts=task in ("vos", "pet"),
         )
 
+    def _trainer_attr(self, name: str, default: Any) -> Any:
+        trainer = getattr(self, "trainer", None)
+        return getattr(trainer, name, default) if trainer is not None else default
+
     def train_dataloader(self) -> DataLoader:
+        """Clips of every dataset through the multi-task batch sampler. Rank, world size and gradient
+        accumulation come from the trainer; after a restore the sampler continues at the checkpoint's
+        micro-batch (see `state_dict`)."""
         from vidseg.data.multitask import MultiTaskBatchSampler
 
         self.load_records()
         names = list(self.specs)
         parts = [self._clip_dataset(n) for n in names]
         concat = ConcatDataset(parts)
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        world = self.trainer.world_size if self.trainer is not None else 1
+
+        def set_clip_epoch(epoch: int) -> None:
+            for part in parts:
+                part.set_epoch(epoch)
+
+        accumulate = int(self._trainer_attr("accumulate_grad_batches", self.accumulate) or 1)
         self.batch_sampler = MultiTaskBatchSampler(
             [len(p) for p in parts], [float(self.specs[n].get("weight", 1.0)) for n in names], self.batch_size,
-            self.steps_per_epoch, seed=self.seed, rank=rank, world_size=world, chunk=self.chunk,
-            accumulate=self.accumulate,
+            self.steps_per_epoch, seed=self.seed, rank=int(self._trainer_attr("global_rank", 0)),
+            world_size=int(self._trainer_attr("world_size", 1)), chunk=self.chunk, accumulate=accumulate,
+            on_epoch=set_clip_epoch,
         )
+        if self._resume_micro is not None:
+            self.batch_sampler.resume_from(self._resume_micro)
+            self._resume_micro = None
+        # the epoch Lightning is in (restored with the checkpoint); workers may prefetch before `set_epoch`
+        self.batch_sampler.set_epoch(int(self._trainer_attr("current_epoch", self.batch_sampler.epoch)))
+        set_clip_epoch(self.batch_sampler.epoch)
         tasks = {n: self.task_of(n) for n in names}
 
         def collate(samples: list[ClipSample]) -> Batch:
@@ -183,6 +218,20 @@ class VidsegDataModule(pl.LightningDataModule):
             concat, batch_sampler=self.batch_sampler, num_workers=self.num_workers, collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
+
+    def trained_micro_batches(self) -> int:
+        """Micro-batches the trainer has fully processed (not how far the loader has prefetched)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler position for the checkpoint: the micro-batch training continues at."""
+        return {"micro_batch": self.trained_micro_batches(), "epoch": int(self._trainer_attr("current_epoch", 0))}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_micro = int(state_dict["micro_batch"])
 
     # ------------------------------------------------------------------ validation
     def val_names(self) -> list[str]:
@@ -195,6 +244,8 @@ class VidsegDataModule(pl.LightningDataModule):
             spec = self.specs[name]
             ev = spec.get("eval") or {}
             ds = EvalVideoDataset(name, self.val_records[name], int(ev.get("short", 96)), int(ev.get("max_dim", 1333)),
-                                  ev.get("max_videos"))
-            loaders.append(DataLoader(ds, batch_size=1, collate_fn=_first, num_workers=0))
+                                  ev.get("max_videos", self.max_val_videos))
+            shard = RankShard(len(ds), int(self._trainer_attr("global_rank", 0)),
+                              int(self._trainer_attr("world_size", 1)))
+            loaders.append(DataLoader(ds, batch_size=1, sampler=shard, collate_fn=_first, num_workers=0))
         return loaders
