@@ -236,6 +236,11 @@ def test_round_trip(tmp_path, fmt):
 
 def test_video_format_generation(tmp_path):
     root = syn.generate("video", tmp_path / "v", SMALL)
+    with pytest.raises(FileExistsError, match="not empty"):  # stale videos would join the dataset
+        syn.generate("video", root, SMALL)
+    (root / "val" / "9999.mp4").write_bytes(b"stale")
+    assert syn.generate("video", root, SMALL, overwrite=True) == root
+    assert not (root / "val" / "9999.mp4").exists()
     ds = get_format("video").read(root, "val")
     generated = syn.make_split("video", "val", SMALL)
     assert [v.video_id for v in ds.videos] == [g.video_id for g in generated] == ["0003", "0004"]

@@ -146,7 +146,7 @@ def test_open_frames_with_frame_source_and_auto_backend(mp4, tmp_path):
     path, _ = mp4
     src = FrameSource(kind="video", video_path=path, names=[f"{i:05d}" for i in range(16)])
     reader = open_frames(src)
-    assert len(reader) == 16
+    assert isinstance(reader, PyAVReader) and len(reader) == 16
     np.testing.assert_array_equal(reader.read([6]), decode_all(path)[[6]])
     assert source_from_path(path).names == src.names
 

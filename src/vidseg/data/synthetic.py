@@ -187,14 +187,20 @@ def make_split(fmt: str, split: str, params: SyntheticParams) -> list[GroundTrut
     ]
 
 
-def generate(fmt: str, out: Path, params: SyntheticParams | None = None) -> Path:
-    """Write the synthetic train and val splits of `fmt` under `out` (plus a manifest); returns `out`."""
+def generate(fmt: str, out: Path, params: SyntheticParams | None = None, overwrite: bool = False) -> Path:
+    """Write the synthetic train and val splits of `fmt` under `out` (plus a manifest); returns `out`.
+    `out` must be empty or absent (stale files from another run would be read as part of the dataset);
+    `overwrite=True` deletes it first."""
     from vidseg.data.formats import get_format
 
     params = params or SyntheticParams()
     vocab = vocabulary(fmt)
     module = get_format(fmt)
     out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out}: output folder is not empty (use overwrite=True / --overwrite)")
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     categories = list(vocab.categories)
     for split in SPLITS:
@@ -253,14 +259,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=96)
     parser.add_argument("--videos-train", type=int, default=24)
     parser.add_argument("--videos-val", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=None, help="frames per video (default: 12..24)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per video (default: 12..24; "
+                        "cityscapes_vps always has its 6 annotated frames)")
+    parser.add_argument("--overwrite", action="store_true", help="delete a non-empty output folder first")
     args = parser.parse_args(argv)
     params = SyntheticParams(args.seed, args.height, args.width, args.videos_train, args.videos_val, args.frames)
     formats = FORMATS if args.format == "all" else (args.format,)
     start = time.perf_counter()
     for fmt in formats:
         t0 = time.perf_counter()
-        root = generate(fmt, args.out / fmt if args.format == "all" else args.out, params)
+        root = generate(fmt, args.out / fmt if args.format == "all" else args.out, params, args.overwrite)
         print(f"{fmt:15s} {time.perf_counter() - t0:6.2f} s  -> {root}")
     print(f"total {time.perf_counter() - start:.2f} s")
 

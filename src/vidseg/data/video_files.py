@@ -197,7 +197,7 @@ class PyAVReader(_LazyVideoReader):
     """Video file decoded with PyAV: seek to the last keyframe at or before a requested frame and decode
     forward; the decoder position is kept between calls so sequential clips never decode a frame twice."""
 
-    def __init__(self, path: Path, num_frames: int | None = None, threads: int = 0) -> None:
+    def __init__(self, path: Path, num_frames: int | None = None, threads: int = 1) -> None:
         super().__init__(path, num_frames)
         self.threads = threads
         self._reset_decoder()
@@ -209,9 +209,9 @@ class PyAVReader(_LazyVideoReader):
     def _open(self) -> None:
         container = _open_container(self.path)
         stream = container.streams.video[0]
+        stream.codec_context.thread_count = self.threads  # 0 = FFmpeg's choice
         if self.threads != 1:
             stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = self.threads
         self._times, keys = _frame_table(self.path, container)
         self._time_to_index = {int(t): i for i, t in enumerate(self._times)}
         key_idx = np.flatnonzero(keys)
