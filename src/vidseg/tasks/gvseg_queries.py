@@ -84,7 +84,8 @@ class PrototypeBank(nn.Module):
             self.proj.bias.zero_()
 
     def forward(self) -> Tensor:
-        return self.proj(self.prototypes)
+        # clone: `update` changes the buffer in place after the forward, autograd keeps this snapshot
+        return self.proj(self.prototypes.clone())
 
     @torch.no_grad()
     def class_means(self, features: Tensor, semantic: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,6 +9,7 @@ semantic CE of [max background mask, semantic masks] against a map drawn from th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,12 +18,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from vidseg.data.records import IGNORE_LABEL, Batch, Category, DatasetRecord, TrackPrediction, VideoPrediction
-from vidseg.inference.resize import logits_to_original, masks_to_rles
 from vidseg.losses.masks import mask_losses, semantic_ce_loss
 from vidseg.losses.matching import HungarianMatcher, MatchTargets
 from vidseg.model.decoder import classify
-from vidseg.model.queries import LearnedQueries, QuerySet
+from vidseg.model.queries import LearnedQueries, QueryGroup, QuerySet
 from vidseg.tasks.base import Task
+from vidseg.tasks.gvseg import (
+    GridQueryInit,
+    GvSegConfig,
+    instance_contrastive_loss,
+    shape_position_descriptor,
+    spa_query_adders,
+)
 
 DEFAULT_WEIGHTS = {"class": 2.0, "bce": 5.0, "dice": 5.0, "aux_semantic": 2.0}
 
@@ -72,6 +79,8 @@ class VISTask(Task):
         clip_overlap: int = 6,
         top_k: int = 10,
         sampler: Mapping[str, Any] | None = None,
+        iou_threshold: float = 0.5,
+        gvseg: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.num_queries, self.num_background = num_queries, num_background
@@ -83,9 +92,13 @@ class VISTask(Task):
         )
         self.deep_supervision = deep_supervision
         self.clip_len, self.clip_overlap, self.top_k = clip_len, clip_overlap, top_k
+        self.iou_threshold = iou_threshold  # cross-clip track linking: overlap mask IoU must exceed this
         self.sampler_cfg = dict(sampler or {})
         self.instance: LearnedQueries | None = None
         self.background: LearnedQueries | None = None
+        self.gvseg = GvSegConfig.from_any(gvseg)  # GvSeg switches (all off = plain TarViS)
+        self.spa_encoder: torch.nn.Module | None = None
+        self.grid_init: GridQueryInit | None = None
 
     # ------------------------------------------------------------------ set-up and queries
     def setup(self, model: Any, vocabularies: Mapping[str, list[Category]]) -> None:
@@ -94,20 +107,39 @@ class VISTask(Task):
         if self.instance is None:
             self.instance = LearnedQueries(d, self.num_queries)
             self.background = LearnedQueries(d, self.num_background)
+            if self.gvseg.spa:
+                self.spa_encoder = self.gvseg.encoder(d)
+            if self.gvseg.task_init:
+                self.grid_init = GridQueryInit(d, self.gvseg.grid, self.gvseg.grid_queries or self.num_queries)
         for group in ("instance", "background", "semantic"):
             model.decoder.add_group(group)
         for key, cats in vocabularies.items():
             model.semantic_bank.add_vocabulary(key, len(cats))
 
-    def query_set(self, model: Any, dataset: str) -> QuerySet:
-        assert self.instance is not None and self.background is not None, "call setup() first"
-        return QuerySet(
-            [self.instance.group("instance"), self.background.group("background"),
-             model.semantic_bank.group(dataset)]
-        )
+    def instance_group(self, feats: Any) -> QueryGroup:
+        """Learned instance queries, or (GvSeg task-oriented init) features sampled on an S x S grid of F8."""
+        assert self.instance is not None, "call setup() first"
+        if self.grid_init is None:
+            return self.instance.group("instance")
+        return QueryGroup("instance", self.grid_init(feats.features[2]), self.instance.type_embed)
+
+    def semantic_group(self, model: Any, feats: Any, dataset: str) -> QueryGroup:
+        return model.semantic_bank.group(dataset)
+
+    def query_set(self, model: Any, dataset: str, feats: Any = None) -> QuerySet:
+        """Instance, background and the dataset's semantic queries; with GvSeg SPA, `query_adders` feeds the
+        shape-position descriptor of the instance queries' previous masks into decoder self-attention."""
+        assert self.background is not None, "call setup() first"
+        if feats is None and self.grid_init is not None:
+            raise ValueError("vis: GvSeg task-oriented init needs the encoded features to build queries")
+        qs = QuerySet([self.instance_group(feats), self.background.group("background"),
+                       self.semantic_group(model, feats, dataset)])
+        if self.spa_encoder is not None:
+            qs.query_adders = spa_query_adders(self.spa_encoder, ["instance"])
+        return qs
 
     def init_queries(self, model: Any, feats: Any, batch: Batch) -> QuerySet:
-        return self.query_set(model, batch.dataset)
+        return self.query_set(model, batch.dataset, feats)
 
     # ------------------------------------------------------------------ loss
     def class_logits(self, out: Any, layer: int) -> torch.Tensor:
@@ -155,30 +187,101 @@ class VISTask(Task):
         return torch.stack(losses).mean()
 
     def loss(self, model: Any, feats: Any, queries: Any, out: Any, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.instance_losses(out, batch)
+        losses = self.instance_losses(out, batch)
+        if self.gvseg.contrastive:
+            losses["contrastive"] = self.contrastive_loss(model, feats, queries, batch)
+        return losses
+
+    def contrastive_loss(self, model: Any, feats: Any, queries: Any, batch: Batch) -> torch.Tensor:
+        """GvSeg temporal contrastive loss: the clip is decoded as two sub-clips (first frame / the rest); each
+        is matched to the GT restricted to its frames; same-identity query pairs are positives only if the GT
+        shape-position descriptor changed by less than tau (ΔH gating), other pairs negatives."""
+        t = batch.frames.shape[1]
+        if t < 2:
+            return batch.frames.new_zeros((), dtype=torch.float32)
+        parts = [self._decode_frames(model, feats, queries, sl) for sl in (slice(0, 1), slice(1, t))]
+        d = feats.mask_features.shape[2]
+        total = []
+        for b, s in enumerate(batch.samples):
+            embs, ids, hs = [], [], []
+            for (out, sl) in parts:
+                masks = s.masks[:, sl]
+                visible = masks.flatten(1).any(1)
+                logits = self.class_logits(out, -1)[b : b + 1]
+                targets = MatchTargets.pad([s.class_ids[visible]], [masks[visible]])
+                qi, ti = self.matcher(logits, out.group("instance", -1).mask_logits[b : b + 1], targets)[0]
+                emb = out.group("instance", -1).queries[b, qi.to(logits.device)]
+                tid = s.track_ids[visible][ti.to(logits.device)]
+                small = F.interpolate(masks[visible][ti].float(), size=(64, 64), mode="nearest") > 0.5
+                hs.append(shape_position_descriptor(small, outside_value=-1.0 / d**0.5))
+                embs.append(emb)
+                ids.append(tid)
+            if len(ids[0]) and len(ids[1]):
+                total.append(instance_contrastive_loss(
+                    embs[0], embs[1], ids[0], ids[1], hs[0], hs[1], self.gvseg.tau, self.gvseg.temperature,
+                    self.gvseg.loss_form, self.gvseg.weight))
+        if not total:
+            return feats.mask_features.sum() * 0.0
+        return torch.stack(total).mean()
+
+    @staticmethod
+    def _decode_frames(model: Any, feats: Any, queries: Any, sl: slice) -> tuple[Any, slice]:
+        sub = dataclasses.replace(feats, features=[f[:, sl] for f in feats.features],
+                                  mask_features=feats.mask_features[:, sl])
+        return model.decode(sub, queries, getattr(queries, "query_adders", None)), sl
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict_video(self, model: Any, video: Any, record: Any, dataset: str) -> VideoPrediction:
-        """Top-K (query, class) pairs of the whole video decoded as one clip."""
+    def predict_clip(self, model: Any, frames: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One clip (uint8 [t, 3, H, W]) -> class probabilities [Q, 1+C], instance mask logits [Q, t, h4, w4]
+        and the decoder output."""
         device = next(model.parameters()).device
-        frames = video.frames.unsqueeze(0).to(device)
-        feats = model.encode(frames)
-        out = model.decode(feats, self.query_set(model, dataset))
-        probs = self.class_logits(out, -1)[0].softmax(-1)[:, 1:]  # [Q, C]
-        c = probs.shape[1]
-        k = min(self.top_k, probs.numel())
-        scores, flat = probs.flatten().topk(k)
-        q_idx, c_idx = flat // c, flat % c
-        logits = out.group("instance", -1).mask_logits[0, q_idx]  # [K, T, h4, w4]
-        masks = logits_to_original(logits, tuple(frames.shape[-2:]), video.valid_hw, video.orig_hw) > 0
+        feats = model.encode(frames.unsqueeze(0).to(device))
+        qs = self.query_set(model, dataset, feats)
+        out = model.decode(feats, qs, getattr(qs, "query_adders", None))
+        return self.class_logits(out, -1)[0].softmax(-1), out.group("instance", -1).mask_logits[0], out
+
+    def clip_candidates(self, probs: torch.Tensor, dataset: str) -> torch.Tensor:
+        """Queries of a clip that become or extend tracks: those owning one of its top-K (query, class) pairs."""
+        fg = probs[:, 1:]
+        k = min(self.top_k, fg.numel())
+        return torch.unique(fg.flatten().topk(k).indices // fg.shape[1])
+
+    def stitch_tracks(self, model: Any, video: Any, dataset: str, on_clip: Any = None) -> tuple[Any, Any]:
+        """Run overlapping clips of `clip_len`/`clip_overlap` (None: one clip) and link their candidate queries
+        into video tracks (`vidseg.inference.stitch.TrackStitcher`); `on_clip(clip, out, upsample)` sees
+        every clip's decoder output. Returns the stitcher and the video's frames."""
+        from vidseg.inference.stitch import TrackStitcher, make_upsampler
+        from vidseg.inference.stream import as_video_frames, stream_clips
+
+        frames = as_video_frames(video)
+        up = make_upsampler(frames.padded_hw, frames.valid_hw, frames.orig_hw)
+        stitcher = TrackStitcher(frames.num_frames, up, self.iou_threshold)
+        for clip in stream_clips(frames, self.clip_len, self.clip_overlap):
+            probs, logits, out = self.predict_clip(model, clip.frames, dataset)
+            keep = self.clip_candidates(probs, dataset)
+            stitcher.add_clip(clip.start, clip.overlap, probs[keep], logits[keep])
+            if on_clip is not None:
+                on_clip(clip, out, up)
+            stitcher.finish(clip.next_start)
+        return stitcher, frames
+
+    @torch.no_grad()
+    def predict_video(self, model: Any, video: Any, record: Any, dataset: str) -> VideoPrediction:
+        """Top-K (track, class) pairs of the video over class probabilities averaged across a track's clips
+        (a track may appear with several classes); tracks are stitched across overlapping clips."""
+        stitcher, frames = self.stitch_tracks(model, video, dataset)
+        tracks = list(stitcher.tracks.values())
         cats = self.vocabularies[dataset]
-        tracks = [
-            TrackPrediction(i + 1, cats[int(ci)].id, float(sc), masks_to_rles(masks[i]))
-            for i, (sc, ci) in enumerate(zip(scores.tolist(), c_idx.tolist()))
-        ]
+        out: list[TrackPrediction] = []
+        if tracks:
+            fg = torch.stack([t.probs for t in tracks])[:, 1:]  # [N, C]
+            scores, flat = fg.flatten().topk(min(self.top_k, fg.numel()))
+            for rank, (sc, f) in enumerate(zip(scores.tolist(), flat.tolist())):
+                trk = tracks[f // fg.shape[1]]
+                out.append(TrackPrediction(rank + 1, cats[f % fg.shape[1]].id, float(sc), list(trk.masks)))
         names = list(record.frames.names)
-        return VideoPrediction(record.video_id, video.orig_hw[0], video.orig_hw[1], names, tracks=tracks)
+        return VideoPrediction(record.video_id, frames.orig_hw[0], frames.orig_hw[1], names, tracks=out)
 
     def make_metric(self, dataset: DatasetRecord) -> Any:
         from vidseg.metrics.ytvis_ap import YTVISMeanAP

@@ -26,6 +26,7 @@ from vidseg.losses.masks import mask_losses
 from vidseg.model.position import sine_position_2d
 from vidseg.model.queries import LearnedQueries, QuerySet
 from vidseg.tasks.base import Task
+from vidseg.tasks.gvseg import GvSegConfig, spa_query_adders
 from vidseg.tasks.vos_encoder import (
     KIND_BACKGROUND,
     KIND_MASK,
@@ -61,6 +62,7 @@ class VOSTask(Task):
         clip_len: int | None = None,
         clip_overlap: int = 0,
         revive_lost: bool = False,
+        gvseg: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.q_train, self.q_eval = queries_per_object, queries_per_object_eval
@@ -73,6 +75,8 @@ class VOSTask(Task):
         self.encoder: ObjectEncoder | None = None
         self.point_init: PointQueryInit | None = None
         self.embeds: nn.ModuleDict | None = None
+        self.gvseg = GvSegConfig.from_any(gvseg)
+        self.spa_encoder: nn.Module | None = None
         self.current_step = 0  # set by the LightningModule (global step) before each training forward
         # inference: clip length/overlap (TarViS DAVIS 12/6, BURST 8/4; None = whole video as one clip)
         self.clip_len, self.clip_overlap, self.revive_lost = clip_len, clip_overlap, revive_lost
@@ -87,6 +91,8 @@ class VOSTask(Task):
             self.embeds = nn.ModuleDict({"background_vos": LearnedQueries(d, None), "vos": LearnedQueries(d, None)})
         for group in ("background_vos", "vos"):
             model.decoder.add_group(group)
+        if self.gvseg.spa and self.spa_encoder is None:
+            self.spa_encoder = self.gvseg.encoder(d)
 
     # ------------------------------------------------------------------ queries
     def point_objects(self, step: int, n: int) -> list[bool]:
@@ -154,12 +160,17 @@ class VOSTask(Task):
         kinds[:n_bg] = KIND_BACKGROUND
         if point_objs:
             kinds[tokens.shape[1] - len(point_objs):] = KIND_POINT
-        content = self.encoder(torch.stack(inits), tokens, tok_pos, pads, kinds)
+        if self.gvseg.task_init:  # GvSeg: queries are the features sampled at the prompt (no object encoder)
+            content = torch.stack(inits)
+        else:
+            content = self.encoder(torch.stack(inits), tokens, tok_pos, pads, kinds)
         qs = QuerySet([
             self.embeds["background_vos"].group("background_vos", content[:, :n_bg]),
             self.embeds["vos"].group("vos", content[:, n_bg:]),
         ])
         qs.owners = [k for k in mask_objs for _ in range(q_per_obj)] + point_objs
+        if self.spa_encoder is not None:
+            qs.query_adders = spa_query_adders(self.spa_encoder, ["vos"])
         qs.num_objects = len(is_point)
         return qs
 

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidseg.data.records import IGNORE_LABEL, Batch, Category, DatasetRecord, VideoPrediction
-from vidseg.inference.resize import logits_to_original
+from vidseg.data.records import IGNORE_LABEL, Batch, Category, DatasetRecord, TrackPrediction, VideoPrediction
 from vidseg.losses.masks import semantic_ce_loss
+from vidseg.model.queries import QueryGroup
 from vidseg.tasks.vis import VISTask
+from vidseg.tasks.vss import SemanticPrototypes
 
 
 class VPSTask(VISTask):
@@ -42,6 +43,16 @@ class VPSTask(VISTask):
 
     def setup(self, model: Any, vocabularies: Mapping[str, list[Category]]) -> None:
         super().setup(model, vocabularies)
+        if not hasattr(self, "prototypes"):
+            self.prototypes = SemanticPrototypes(self.gvseg)
+        for key, cats in vocabularies.items():
+            self.prototypes.add(key, len(cats), model.d_model)
+
+    def semantic_group(self, model: Any, feats: Any, dataset: str) -> QueryGroup:
+        """GvSeg VPS init: grid queries for things (VIS part), EMA class prototypes for the semantic queries."""
+        if self.gvseg.task_init:
+            return self.prototypes.group(dataset, model.semantic_bank.type_embed)
+        return model.semantic_bank.group(dataset)
 
     def thing_mask(self, dataset: str, device: torch.device) -> torch.Tensor:
         return torch.tensor([c.isthing for c in self.vocabularies[dataset]], dtype=torch.bool, device=device)
@@ -61,39 +72,52 @@ class VPSTask(VISTask):
                 per_clip.append(semantic_ce_loss(sem[b], target, self.semantic_points))
             total = total + torch.stack(per_clip).mean()
         losses["semantic"] = self.semantic_weight * total
+        if self.gvseg.task_init and self.training:
+            self.prototypes.update(batch.dataset, feats, batch)
         return losses
+
+    # ------------------------------------------------------------------ inference
+    def clip_candidates(self, probs: torch.Tensor, dataset: str) -> torch.Tensor:
+        """Queries of a clip whose argmax class is a thing, scoring above the threshold and above no-object."""
+        things = self.thing_mask(dataset, probs.device)
+        scores, cls = probs[:, 1:].max(-1)
+        keep = things[cls] & (scores > self.score_threshold) & (scores >= probs[:, 0])
+        return torch.nonzero(keep).flatten()
 
     @torch.no_grad()
     def predict_video(self, model: Any, video: Any, record: Any, dataset: str) -> VideoPrediction:
-        device = next(model.parameters()).device
-        frames = video.frames.unsqueeze(0).to(device)
-        out = model.decode(model.encode(frames), self.query_set(model, dataset))
-        padded = tuple(frames.shape[-2:])
-        things = self.thing_mask(dataset, device)
+        """Stuff map = argmax of the overlap-averaged semantic logits with thing classes suppressed; thing
+        tracks stitched across clips, class = argmax of their averaged probabilities, kept above the score
+        threshold and pasted in ascending score order (`tracks` over `semantic_maps`, see VideoPrediction)."""
+        from vidseg.inference.stitch import CompressedMaps, OverlapAverager
+
         cats = self.vocabularies[dataset]
         ids = np.array([c.id for c in cats], dtype=np.int32)
-        # stuff map: thing logits suppressed
-        sem_logits = out.group("semantic", -1).mask_logits[0].clone()  # [C, T, h4, w4]
-        if bool((~things).any()):
-            sem_logits[things] = -1e3
-        sem = logits_to_original(sem_logits, padded, video.valid_hw, video.orig_hw).argmax(0).cpu()  # [T, H, W]
-        semantic = ids[sem.numpy()]
-        instance = np.zeros_like(semantic, dtype=np.int32)
-        # thing tracks
-        probs = self.class_logits(out, -1)[0].softmax(-1)  # [Q, 1+C]
-        scores, cls = probs[:, 1:].max(-1)
-        keep = things[cls] & (scores > self.score_threshold) & (probs[:, 1:].max(-1).values >= probs[:, 0])
-        q_idx = torch.nonzero(keep).flatten()
-        q_idx = q_idx[scores[q_idx].argsort()][-self.max_tracks:]  # ascending score: higher pasted last
-        if len(q_idx):
-            logits = out.group("instance", -1).mask_logits[0, q_idx]
-            masks = (logits_to_original(logits, padded, video.valid_hw, video.orig_hw) > 0).cpu().numpy()
-            for track_id, (m, c) in enumerate(zip(masks, cls[q_idx].tolist()), start=1):
-                instance[m] = track_id
-                semantic[m] = ids[c]
-        panoptic = [(semantic[t], instance[t]) for t in range(semantic.shape[0])]
-        return VideoPrediction(record.video_id, video.orig_hw[0], video.orig_hw[1], list(record.frames.names),
-                               panoptic_maps=panoptic)
+        semantic, stuff_maps = OverlapAverager(), CompressedMaps()
+
+        def on_clip(clip: Any, out: Any, upsample: Any) -> None:
+            sem = out.group("semantic", -1).mask_logits[0]  # [C, t, h4, w4]
+            things = self.thing_mask(dataset, sem.device)
+            if bool((~things).any()):
+                sem = sem.clone()
+                sem[things] = -1e3
+            semantic.add(clip.start, 0, sem.transpose(0, 1))
+            for _, avg in semantic.pop_finished(clip.next_start):
+                stuff_maps.append(ids[upsample(avg[0][:, None]).argmax(0)[0].cpu().numpy()])
+
+        stitcher, frames = self.stitch_tracks(model, video, dataset, on_clip)
+        tracks = list(stitcher.tracks.values())
+        out: list[TrackPrediction] = []
+        if tracks:
+            probs = torch.stack([t.probs for t in tracks])  # [N, 1+C]
+            scores, cls = probs[:, 1:].max(-1)
+            things = self.thing_mask(dataset, probs.device)
+            keep = torch.nonzero(things[cls] & (scores > self.score_threshold) & (scores >= probs[:, 0])).flatten()
+            keep = keep[scores[keep].argsort(stable=True)][-self.max_tracks:]  # ascending: higher pasted last
+            for tid, i in enumerate(keep.tolist(), start=1):
+                out.append(TrackPrediction(tid, int(ids[int(cls[i])]), float(scores[i]), list(tracks[i].masks)))
+        return VideoPrediction(record.video_id, frames.orig_hw[0], frames.orig_hw[1], list(record.frames.names),
+                               tracks=out, semantic_maps=stuff_maps)  # type: ignore[arg-type]
 
     def make_metric(self, dataset: DatasetRecord) -> Any:
         from vidseg.metrics.vpq import VPQ

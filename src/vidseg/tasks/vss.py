@@ -10,12 +10,56 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from vidseg.data.records import IGNORE_LABEL, Batch, Category, DatasetRecord, VideoPrediction
-from vidseg.inference.resize import class_maps_to_original
 from vidseg.losses.masks import semantic_ce_loss
-from vidseg.model.queries import LearnedQueries, QuerySet
+from vidseg.model.queries import LearnedQueries, QueryGroup, QuerySet
 from vidseg.tasks.base import Task
+from vidseg.tasks.gvseg import ClassQueue, GvSegConfig, PrototypeBank, semantic_contrastive_loss
+
+
+class SemanticPrototypes(nn.Module):
+    """GvSeg task-oriented init for semantic targets: per vocabulary, one EMA prototype query per class
+    (`PrototypeBank`), plus (contrastive switch) a FIFO queue of class embeddings per vocabulary."""
+
+    def __init__(self, cfg: GvSegConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.banks = nn.ModuleDict()
+        self.queues = nn.ModuleDict()
+
+    def add(self, key: str, num_classes: int, d_model: int) -> None:
+        if self.cfg.task_init and key not in self.banks:
+            self.banks[key] = PrototypeBank(num_classes, d_model, self.cfg.momentum)
+        if self.cfg.contrastive and key not in self.queues:
+            self.queues[key] = ClassQueue(num_classes, d_model, self.cfg.queue_size)
+
+    def group(self, key: str, type_embed: torch.Tensor) -> QueryGroup:
+        return QueryGroup("semantic", self.banks[key](), type_embed)
+
+    def update(self, key: str, feats: Any, batch: Batch) -> None:
+        """EMA update from the clip features and the semantic targets (padding ignored)."""
+        sem = torch.stack([_padded_target(s.semantic, s.pad_mask) for s in batch.samples])
+        self.banks[key].update(feats.mask_features, sem)
+
+    def contrastive(self, key: str, out: Any, batch: Batch) -> torch.Tensor:
+        """Semantic temporal contrastive loss: each clip's class queries of the classes present in its targets
+        against the class queue (same class = positive)."""
+        queries = out.group("semantic", -1).queries  # [B, C, d]
+        losses = []
+        for b, s in enumerate(batch.samples):
+            present = torch.unique(s.semantic[s.semantic != IGNORE_LABEL])
+            if present.numel():
+                losses.append(semantic_contrastive_loss(queries[b, present], present, self.queues[key],
+                                                        self.cfg.temperature, self.cfg.loss_form, self.cfg.weight))
+        return torch.stack(losses).mean() if losses else queries.sum() * 0.0
+
+
+def _padded_target(semantic: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    target = semantic.clone()
+    target[:, ~pad_mask] = IGNORE_LABEL
+    return target
 
 
 class VSSTask(Task):
@@ -30,11 +74,17 @@ class VSSTask(Task):
         weight: float = 2.0,
         num_points: int | None = 50176,
         deep_supervision: bool = True,
+        clip_len: int | None = None,
+        clip_overlap: int = 0,
+        gvseg: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.clip_len, self.clip_overlap = clip_len, clip_overlap  # inference clips (None: whole video)
         self.num_background, self.weight = num_background, weight
         self.num_points, self.deep_supervision = num_points, deep_supervision
         self.background: LearnedQueries | None = None
+        self.gvseg = GvSegConfig.from_any(gvseg)
+        self.prototypes = SemanticPrototypes(self.gvseg)
 
     def setup(self, model: Any, vocabularies: Mapping[str, list[Category]]) -> None:
         super().setup(model, vocabularies)
@@ -44,10 +94,16 @@ class VSSTask(Task):
             model.decoder.add_group(group)
         for key, cats in vocabularies.items():
             model.semantic_bank.add_vocabulary(key, len(cats))
+            self.prototypes.add(key, len(cats), model.d_model)
 
     def query_set(self, model: Any, dataset: str) -> QuerySet:
+        """Background queries and one query per class: learned (TarViS) or EMA prototypes (GvSeg init)."""
         assert self.background is not None, "call setup() first"
-        return QuerySet([self.background.group("background"), model.semantic_bank.group(dataset)])
+        if self.gvseg.task_init:
+            semantic = self.prototypes.group(dataset, model.semantic_bank.type_embed)
+        else:
+            semantic = model.semantic_bank.group(dataset)
+        return QuerySet([self.background.group("background"), semantic])
 
     def init_queries(self, model: Any, feats: Any, batch: Batch) -> QuerySet:
         return self.query_set(model, batch.dataset)
@@ -71,19 +127,34 @@ class VSSTask(Task):
                 target[:, ~s.pad_mask] = IGNORE_LABEL
                 per_clip.append(semantic_ce_loss(logits[b], target, self.num_points))
             total = total + torch.stack(per_clip).mean()
-        return {"semantic": self.weight * total}
+        losses = {"semantic": self.weight * total}
+        if self.gvseg.task_init and self.training:
+            self.prototypes.update(batch.dataset, feats, batch)
+        if self.gvseg.contrastive:
+            losses["contrastive"] = self.prototypes.contrastive(batch.dataset, out, batch)
+        return losses
 
+    # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict_video(self, model: Any, video: Any, record: Any, dataset: str) -> VideoPrediction:
+        """Class-mask logits of overlapping clips (`clip_len`/`clip_overlap`; None: one clip) averaged per
+        frame, argmax at the original size; frames are finished and released as the clips move on."""
+        from vidseg.inference.stitch import CompressedMaps, OverlapAverager, make_upsampler
+        from vidseg.inference.stream import as_video_frames, stream_clips
+
+        frames = as_video_frames(video)
+        up = make_upsampler(frames.padded_hw, frames.valid_hw, frames.orig_hw)
         device = next(model.parameters()).device
-        frames = video.frames.unsqueeze(0).to(device)
-        out = model.decode(model.encode(frames), self.query_set(model, dataset))
-        sem_logits = out.group("semantic", -1).mask_logits[0]  # [C, T, h4, w4]
-        classes = class_maps_to_original(sem_logits, tuple(frames.shape[-2:]), video.valid_hw, video.orig_hw)
         ids = torch.tensor([c.id for c in self.vocabularies[dataset]], dtype=torch.int32)
-        maps = [ids[m].numpy() for m in classes.cpu()]
-        return VideoPrediction(record.video_id, video.orig_hw[0], video.orig_hw[1], list(record.frames.names),
-                               semantic_maps=maps)
+        logits, maps = OverlapAverager(), CompressedMaps()
+        for clip in stream_clips(frames, self.clip_len, self.clip_overlap):
+            qs = self.query_set(model, dataset)
+            out = model.decode(model.encode(clip.frames.unsqueeze(0).to(device)), qs)
+            logits.add(clip.start, 0, out.group("semantic", -1).mask_logits[0].transpose(0, 1))  # [t, C, h, w]
+            for _, avg in logits.pop_finished(clip.next_start):
+                maps.append(ids[up(avg[0][:, None]).argmax(0)[0].cpu()].numpy())
+        return VideoPrediction(record.video_id, frames.orig_hw[0], frames.orig_hw[1], list(record.frames.names),
+                               semantic_maps=maps)  # type: ignore[arg-type]
 
     def make_metric(self, dataset: DatasetRecord) -> Any:
         from vidseg.metrics.miou import SemanticMIoU
