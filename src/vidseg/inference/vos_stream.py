@@ -156,7 +156,7 @@ def _clip_logits(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list,
     if any(is_point):
         points = torch.stack([objs[k].point if p else torch.zeros(2) for k, _, _, p in chosen]).to(device)
     qs = task.build_queries(feats, [masks], [ref_frames], [points], is_point, task.q_eval, task.pix_eval)
-    out = model.decode(feats, qs)
+    out = model.decode(feats, qs, getattr(qs, "query_adders", None))
     return task.object_logits(out, -1, qs.owners, len(chosen))[0, 1:].float()
 
 
