@@ -33,6 +33,7 @@ from vidseg.data.records import (
     AnnotationFormatError,
     Batch,
     ClipSample,
+    ClipSamplingError,
     CorruptMediaError,
     DatasetRecord,
     FrameAnnotation,
@@ -185,12 +186,26 @@ class ClipDataset(Dataset):
         return lut
 
     # ------------------------------------------------------------------ one clip
+    max_prompt_retries = 10
+
     def __getitem__(self, index: int) -> ClipSample:
+        """A clip of video index // samples_per_video. VOS/PET clips whose every object was lost to the
+        crop/resize are re-drawn with the same RNG stream (deterministic) up to `max_prompt_retries` times."""
         if not 0 <= index < len(self):
             raise IndexError(f"ClipDataset index {index} out of range for {len(self)} items")
+        rng = self.rng_for(index)
+        for _ in range(self.max_prompt_retries):
+            sample = self._draw(index, rng)
+            if self.task not in _PROMPT_TASKS or sample.masks.shape[0] > 0:
+                return sample
+        video = self.dataset.videos[index // self.samples_per_video]
+        raise ClipSamplingError(
+            f"video {video.video_id!r}: no object survived the clip transform in {self.max_prompt_retries} draws"
+        )
+
+    def _draw(self, index: int, rng: np.random.Generator) -> ClipSample:
         video_index = index // self.samples_per_video
         video = self.dataset.videos[video_index]
-        rng = self.rng_for(index)
         frame_indices = [int(f) for f in self.sampler.sample(video, rng)]
         pixels = self._reader(video_index, video).read(frame_indices)
         t = len(frame_indices)
