@@ -132,9 +132,9 @@ def open_frames(source: FrameSource | Path | str, backend: str = "auto") -> Fram
 
     backend: "auto" (PIL for frame folders, PyAV for video files), "pyav", "decord", "pil" (images only).
     Video readers decode on one thread (right for DataLoader workers; for single-process streaming build
-    `PyAVReader(path, threads=0)`). "auto" picks PyAV because scripts/bench_decode.py measured it at least
-    as fast as decord2 on warm random clips and sequential reads, and ~2x faster when a reader is opened
-    per clip, with exact frame counts and truncation checks from its demux index."""
+    `PyAVReader(path, threads=0)`). "auto" picks PyAV: scripts/bench_decode.py found no consistent speed
+    difference between PyAV, decord2 and decord 0.6.0 (480p, 2 shared cores), and PyAV gives exact frame
+    counts and truncation checks from its demux index and needs no workaround for decord2's padded rows."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown frame backend {backend!r}; choose one of {BACKENDS}")
     if not isinstance(source, FrameSource):
