@@ -81,3 +81,29 @@ def build_tasks(task_cfgs: Mapping[str, Any]) -> dict[str, Task]:
     if not tasks:
         raise ValueError("no task configured: choose one with task=vis|vss|vps|vos|pet|multi")
     return tasks
+
+
+class MetricGroup:
+    """Several metrics of one dataset behind the metric interface (update(pred, gt) / compute() -> dict):
+    e.g. VPQ and STQ for VIPSeg. Keys must not collide."""
+
+    def __init__(self, metrics: Mapping[str, Any]) -> None:
+        self.metrics = dict(metrics)
+
+    def update(self, pred: VideoPrediction, gt: VideoRecord) -> None:
+        for metric in self.metrics.values():
+            metric.update(pred, gt)
+
+    def compute(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, metric in self.metrics.items():
+            values = metric.compute()
+            clash = set(values) & set(out)
+            if clash:
+                raise KeyError(f"MetricGroup: metric {name!r} repeats keys {sorted(clash)}")
+            out.update(values)
+        return out
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()

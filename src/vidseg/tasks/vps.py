@@ -120,6 +120,15 @@ class VPSTask(VISTask):
                                tracks=out, semantic_maps=stuff_maps)  # type: ignore[arg-type]
 
     def make_metric(self, dataset: DatasetRecord) -> Any:
+        """VPQ (VIPSeg windows 1/2/4/6/8 frames for VIPSeg-format data, Cityscapes-VPS windows otherwise) and STQ
+        (KITTI-STEP or VIPSeg variant)."""
+        from vidseg.metrics.stq import STQ
         from vidseg.metrics.vpq import VPQ
+        from vidseg.tasks.base import MetricGroup
 
-        return VPQ(categories=dataset.categories)
+        vipseg = dataset.format == "vipseg"
+        windows = (1, 2, 4, 6, 8) if vipseg else (1, 2, 3, 4)
+        return MetricGroup({
+            "vpq": VPQ(categories=dataset.categories, windows=windows),
+            "stq": STQ(categories=dataset.categories, variant="vipseg" if vipseg else "kitti"),
+        })
