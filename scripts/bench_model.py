@@ -7,8 +7,13 @@ Each configuration runs in its own subprocess so that its peak memory (max RSS o
 CUDA) is its own. A step = encode + decode of a VIS-like query set (128 instance, 1 background, 40 semantic
 queries) + a loss over all L+1 mask predictions and the class logits + backward. FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over one such step (matmul/conv/SDPA; elementwise ops and
-``grid_sample`` are not counted, so MFU is a lower bound). The fp32 matmul peak is measured in the same run
-with large ``torch.matmul`` calls. The machine may be shared: numbers vary with its load.
+``grid_sample`` are not counted, so MFU is a lower bound). The matmul peak (fp32, or bf16 with
+``--precision bf16``) is measured in the same child process right before and after the timed steps with
+2048³ ``torch.matmul`` calls (the best is used). Two MFUs are reported:
+
+- ``mfu``: achieved FLOP/s per wall second ÷ wall peak (what a user sees; swings with other processes' load);
+- ``mfu_cpu``: the same per CPU second of this process ÷ the per-CPU-second peak (robust on a shared machine,
+  since descheduled time is not counted; with --threads 1 it is the single-core efficiency).
 """
 
 from __future__ import annotations
@@ -29,19 +34,26 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 DEFAULT_CONFIGS = ["tarvis_tiny:256x256", "tarvis_r50:256x256", "tarvis_r50:384x640"]
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
-    """Best-of-``repeats`` fp32 GFLOP/s of an n×n @ n×n matmul (2n³ FLOPs)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_peak_gflops(
+    n: int = 2048, repeats: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[float, float]:
+    """Best-of-``repeats`` GFLOP/s of an n×n @ n×n matmul (2n³ FLOPs): (per wall second, per CPU second).
+
+    The CPU-second rate divides by this process's CPU time, so it is far less sensitive to other processes
+    on a shared machine than the wall rate (time spent descheduled is not counted)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     torch.matmul(a, b)
-    best = float("inf")
+    best_wall = best_cpu = float("inf")
     for _ in range(repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         torch.matmul(a, b)
         _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+        best_wall = min(best_wall, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    flop = 2 * n**3 / 1e9
+    return flop / best_wall, flop / max(best_cpu, 1e-9)
 
 
 def _sync(device: str) -> None:
@@ -73,8 +85,13 @@ def _step(model, qs, frames: torch.Tensor) -> None:
     for layer in range(out.num_predictions):
         g = out.groups(layer)
         loss = loss + g["instance"].mask_logits.float().sigmoid().mean()
-        loss = loss + classify(g["instance"].embeddings, g["semantic"].embeddings,
-                               g["background"].embeddings).float().logsumexp(-1).mean()
+        loss = (
+            loss
+            + classify(g["instance"].embeddings, g["semantic"].embeddings, g["background"].embeddings)
+            .float()
+            .logsumexp(-1)
+            .mean()
+        )
     loss.backward()
     for p in model.parameters():
         p.grad = None
@@ -92,14 +109,18 @@ def run_single(spec: str, steps: int, device: str, precision: str, profile: bool
     _step(model, qs, frames)  # warm-up (allocator, SDPA/oneDNN kernels)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    peak_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peaks = [matmul_peak_gflops(device=device, dtype=peak_dtype)]
+    times, cpu_times = [], []
     for _ in range(steps):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _step(model, qs, frames)
         _sync(device)
         times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
+        cpu_times.append(time.process_time() - c0)
+    peaks.append(matmul_peak_gflops(device=device, dtype=peak_dtype))
+    step_s, cpu_s = statistics.median(times), statistics.median(cpu_times)
     with FlopCounterMode(display=False) as counter:
         _step(model, qs, frames)
     flops = counter.get_total_flops()
@@ -107,8 +128,23 @@ def run_single(spec: str, steps: int, device: str, precision: str, profile: bool
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
-    result = {"step_s": step_s, "gflops": flops / 1e9, "peak_mb": peak_mb, "steps": times,
-              "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    peak_wall, peak_cpu = max(p[0] for p in peaks), max(p[1] for p in peaks)
+    gflops = flops / 1e9
+    result = {
+        "mfu": gflops / step_s / peak_wall,
+        "step_s": step_s,
+        "gflops": gflops,
+        "peak_mb": peak_mb,
+        "mfu_cpu": gflops / cpu_s / peak_cpu,
+        "step_cpu_s": cpu_s,
+        "matmul_peak_gflops": peak_wall,
+        "matmul_peak_gflops_per_cpu_s": peak_cpu,
+        "steps_s": times,
+        "steps_cpu_s": cpu_times,
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
@@ -122,14 +158,18 @@ def run_single(spec: str, steps: int, device: str, precision: str, profile: bool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="config:HxW, clip of 3 frames")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per config (median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32", choices=["32", "bf16"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="print a profiler top-10 by self time")
-    parser.add_argument("--json", type=Path, default=None, help="write {config: {mfu, step_s, gflops, peak_mb}}")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write {config: {mfu, step_s, gflops, peak_mb}}"
+    )
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args()
     if args.threads:
@@ -140,14 +180,24 @@ def main() -> None:
         print("@@RESULT@@" + json.dumps(res))
         return
 
-    peak = matmul_peak_gflops(device=args.device)
-    print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
-    print(f"fp32 matmul peak (2048³): {peak:.1f} GFLOP/s")
+    print(
+        f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
+        f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} precision={args.precision}"
+    )
     summary: dict[str, dict] = {}
     for spec in args.configs:
-        cmd = [sys.executable, __file__, "--single", spec, "--steps", str(args.steps), "--device", args.device,
-               "--precision", args.precision]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--single",
+            spec,
+            "--steps",
+            str(args.steps),
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         if args.profile:
@@ -156,19 +206,24 @@ def main() -> None:
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"benchmark of {spec} failed:\n{proc.stderr[-4000:]}")
-        res = json.loads(lines[-1][len("@@RESULT@@"):])
-        mfu = res["gflops"] / res["step_s"] / peak
-        summary[spec] = {"mfu": mfu, "step_s": res["step_s"], "gflops": res["gflops"], "peak_mb": res["peak_mb"],
-                         "matmul_peak_gflops": peak}
-        print(f"{spec:24s} params {res['params_m']:7.1f}M  step {res['step_s']:7.3f} s  "
-              f"{res['gflops']:8.1f} GFLOP  {res['gflops'] / res['step_s']:7.1f} GFLOP/s  MFU {100 * mfu:5.1f}%  "
-              f"peak {res['peak_mb']:8.0f} MB  (steps {[round(t, 3) for t in res['steps']]})")
+        res = json.loads(lines[-1][len("@@RESULT@@") :])
+        summary[spec] = {k: v for k, v in res.items() if k != "profile"}
+        print(
+            f"{spec:20s} {res['params_m']:5.1f}M params {res['gflops']:7.1f} GFLOP/step | wall: step "
+            f"{res['step_s']:6.2f} s, peak {res['matmul_peak_gflops']:5.1f} GFLOP/s, MFU {100 * res['mfu']:5.1f}% | "
+            f"CPU time: step {res['step_cpu_s']:6.2f} s, peak {res['matmul_peak_gflops_per_cpu_s']:5.1f}, "
+            f"MFU {100 * res['mfu_cpu']:5.1f}% | peak mem {res['peak_mb']:6.0f} MB | load "
+            f"{os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"    steps (wall s) {[round(t, 2) for t in res['steps_s']]}  "
+            f"(CPU s) {[round(t, 2) for t in res['steps_cpu_s']]}"
+        )
         if args.profile:
             print(res["profile"])
-    peak_after = matmul_peak_gflops(device=args.device)
-    print(f"fp32 matmul peak after the runs: {peak_after:.1f} GFLOP/s (load check)")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
