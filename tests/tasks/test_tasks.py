@@ -1,0 +1,107 @@
+"""Task behaviour: fixed VOS assignment, loss sanity on constructed outputs, hot-swap of one checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from vidseg.data.datamodule import EvalVideoDataset
+from vidseg.data.records import Batch, ClipSample
+from vidseg.model.decoder import DecoderOutput
+from vidseg.model.queries import QueryGroup, QuerySet
+from vidseg.tasks.vis import semantic_target_from_instances
+from vidseg.tasks.vos import VOSTask
+from vidseg.utils.run import build_datamodule, build_module
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def _fake_output(groups: dict[str, torch.Tensor]) -> DecoderOutput:
+    """A DecoderOutput whose only prediction holds the given per-group mask logits [B, n, T, h, w]."""
+    d = 8
+    qgroups = [QueryGroup(n, torch.zeros(v.shape[1], d), torch.zeros(d)) for n, v in groups.items()]
+    qs = QuerySet(qgroups)
+    logits = torch.cat(list(groups.values()), 1)
+    b, q = logits.shape[:2]
+    return DecoderOutput([logits], [torch.zeros(b, q, d)], [torch.zeros(b, q, d)], qs)
+
+
+def _sample(masks: torch.Tensor) -> ClipSample:
+    n, t, h, w = masks.shape
+    return ClipSample(frames=torch.zeros(t, 3, h, w, dtype=torch.uint8), masks=masks,
+                      track_ids=torch.arange(1, n + 1), class_ids=torch.full((n,), -1),
+                      pad_mask=torch.ones(h, w, dtype=torch.bool), prompt_frames=torch.zeros(n, dtype=torch.long),
+                      dataset="d")
+
+
+def test_vos_fixed_assignment_maps_objects_in_gt_order() -> None:
+    task = VOSTask(background_grid=1, num_points=None)
+    t, h, w = 2, 8, 8
+    masks = torch.zeros(2, t, h, w, dtype=torch.bool)
+    masks[0, :, :4] = True  # object 1: top half
+    masks[1, :, 4:, :4] = True  # object 2: bottom-left quarter
+    target = {0: masks[0], 1: masks[1]}
+    # 'vos' queries: 2 per object, owners [0, 0, 1, 1]; the first sub-query of each object predicts it
+    vos = torch.full((1, 4, t, h, w), -10.0)
+    vos[0, 0][target[0]] = 10.0
+    vos[0, 2][target[1]] = 10.0
+    bg = torch.where(masks.any(0), -10.0, 10.0)[None, None]
+    out = _fake_output({"background_vos": bg, "vos": vos})
+    out.query_set.owners, out.query_set.num_objects = [0, 0, 1, 1], 2
+    logits = task.object_logits(out, -1, out.query_set.owners, 2)
+    assert torch.equal(logits[0, 1] > 0, masks[0]) and torch.equal(logits[0, 2] > 0, masks[1])
+    batch = Batch("vos", "d", torch.zeros(1, t, 3, h, w, dtype=torch.uint8), torch.ones(1, h, w, dtype=torch.bool),
+                  [_sample(masks)])
+    perfect = task.loss(None, None, out.query_set, out, batch)
+    swapped_owners = QuerySet(list(out.query_set.groups))
+    swapped_owners.owners, swapped_owners.num_objects = [1, 1, 0, 0], 2
+    swapped = task.loss(None, None, swapped_owners, out, batch)
+    assert float(perfect["bce"]) < 0.05 and float(perfect["dice"]) < 0.05
+    assert float(swapped["bce"]) > 10 * float(perfect["bce"])
+
+
+def test_semantic_target_draws_smaller_instances_on_top() -> None:
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    masks[0, 0] = True  # large, class 3
+    masks[1, 0, 2:4, 2:4] = True  # small, class 1
+    pad = torch.ones(8, 8, dtype=torch.bool)
+    pad[:, 6:] = False
+    target = semantic_target_from_instances(masks, torch.tensor([3, 1]), pad, (8, 8))
+    assert int(target[0, 2, 2]) == 2 and int(target[0, 0, 0]) == 4 and int(target[0, 0, 7]) == 255
+
+
+@pytest.fixture(scope="module")
+def multi_cfg(tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["VIDSEG_CACHE"] = str(cache)
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", overrides=["task=multi", f"paths.cache_dir={cache}", "paths.output_dir=/tmp/x"])
+
+
+@pytest.mark.slow
+def test_hot_swap_one_checkpoint_validates_vis_and_vos(multi_cfg, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dm = build_datamodule(multi_cfg, list(multi_cfg.tasks))
+    dm.prepare_data()
+    module = build_module(multi_cfg, dm).eval()
+    ckpt = tmp_path / "model.pt"
+    torch.save(module.state_dict(), ckpt)
+    torch.manual_seed(1)  # a fresh module has other random weights until the checkpoint is loaded
+    fresh = build_module(multi_cfg, dm).eval()
+    fresh.load_state_dict(torch.load(ckpt, weights_only=True), strict=True)
+    for dataset, task in (("syn_ytvis", "vis"), ("syn_davis", "vos")):
+        video = EvalVideoDataset(dataset, dm.val_records[dataset], 64, 64)[0]
+        record = dm.val_records[dataset].videos[0]
+        a = module.tasks[task].predict_video(module.model, video, record, dataset)
+        b = fresh.tasks[task].predict_video(fresh.model, video, record, dataset)
+        assert [(t.track_id, t.category_id, round(t.score, 5), t.masks) for t in a.tracks] == \
+            [(t.track_id, t.category_id, round(t.score, 5), t.masks) for t in b.tracks]
+        metric = fresh.tasks[task].make_metric(dm.val_records[dataset])
+        metric.update(b, record)
+        values = metric.compute()
+        key = "AP" if task == "vis" else "J&F-Mean"
+        assert 0.0 <= float(values[key]) <= 1.0
