@@ -3,8 +3,8 @@ definitions (reference/formats.md §4.2, §5.4, §6.4-6.5, §7), plus builders o
 
 They follow the official scripts' structure on purpose - per window the stacked id maps are counted with
 np.unique and matched through dictionaries; STQ keeps per-sequence dictionaries of label areas - so they
-are slow and independent of the vectorised metrics in `vidseg.metrics`. Used by the tests and by
-scripts/bench_metrics.py.
+are slow and independent of the vectorised metrics in `vidseg.metrics`. Used by scripts/bench_metrics.py
+and by tests/metrics (whose conftest puts scripts/ on sys.path).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 from trackeval.datasets import BURST
 from trackeval.metrics import HOTA
 
+from _metric_references import reference_mask_iou
 from vidseg.data.records import (
     AnnotationFormatError,
     Category,
@@ -205,45 +206,6 @@ def test_equals_official_burst_pipeline(seed, tmp_path, capsys):
     for c, vals in metric.per_class().items():
         assert vals["HOTA"] == pytest.approx(100 * ref_cls[c]["HOTA"].mean(), abs=1e-9)
     assert 5 < ours["HOTA"] < 95
-
-
-def reference_mask_iou(videos, distractors=frozenset({DISTRACTOR})) -> dict:
-    """Mask-IoU variant: per (video, class) data for trackeval's HOTA.eval_sequence built here from the
-    records (timesteps = annotated frames with a non-distractor GT mask; ids relabelled contiguously)."""
-    metric = HOTA()
-    per_class_seq: dict[int, dict] = {}
-    for record, pred in videos:
-        cats = {k: v.category_id for k, v in record.tracks.items()}
-        steps = [a for a in record.annotations if any(cats[k] not in distractors for k in a.rles)]
-        for c in {cats[k] for a in steps for k in a.rles} - distractors:
-            gt_ids, tr_ids, sims = [], [], []
-            for a in steps:
-                g = [k for k in a.rles if cats[k] == c]
-                p = [
-                    trk
-                    for trk in pred.tracks
-                    if trk.masks[a.frame] is not None
-                    and trk.track_id in cats
-                    and cats[trk.track_id] == c
-                    and any(trk.track_id in b.rles for b in steps)
-                ]
-                gt_ids.append(np.array(g, int))
-                tr_ids.append(np.array([trk.track_id for trk in p], int))
-                s = mask_utils.iou([a.rles[k] for k in g], [trk.masks[a.frame] for trk in p], [0] * len(p))
-                sims.append(np.asarray(s, float).reshape(len(g), len(p)))
-            ug = np.unique(np.concatenate(gt_ids))
-            ut = np.unique(np.concatenate(tr_ids)) if any(len(x) for x in tr_ids) else np.zeros(0, int)
-            data = {
-                "gt_ids": [np.searchsorted(ug, x) for x in gt_ids],
-                "tracker_ids": [np.searchsorted(ut, x) for x in tr_ids],
-                "similarity_scores": sims,
-                "num_gt_ids": len(ug),
-                "num_tracker_ids": len(ut),
-                "num_gt_dets": sum(map(len, gt_ids)),
-                "num_tracker_dets": sum(map(len, tr_ids)),
-            }
-            per_class_seq.setdefault(c, {})[record.video_id] = metric.eval_sequence(data)
-    return {c: metric.combine_sequences(v) for c, v in per_class_seq.items()}
 
 
 @pytest.mark.parametrize("seed", [0, 5])

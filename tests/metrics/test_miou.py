@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from _reference_dense import make_dataset, make_gt_video, make_prediction, reference_miou, reference_vc_windows
 
+from _dense_references import make_dataset, make_gt_video, make_prediction, reference_miou, reference_vc_windows
 from vidseg.data.records import IGNORE_LABEL, AnnotationFormatError, Category
 from vidseg.metrics.miou import SemanticMIoU, from_records
 

@@ -7,7 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from _reference_dense import (
+from test_vpq import CATS, RANDOM_CATS, hand_video
+
+from _dense_references import (
     ReferenceSTQ,
     kitti_labels,
     make_dataset,
@@ -17,8 +19,6 @@ from _reference_dense import (
     vipseg_label_maps,
     vipseg_segments,
 )
-from test_vpq import CATS, RANDOM_CATS, hand_video
-
 from vidseg.data.records import IGNORE_LABEL, AnnotationFormatError
 from vidseg.metrics.stq import STQ, from_records
 

@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from _reference_dense import (
+
+from _dense_references import (
     make_dataset,
     make_gt_video,
     make_prediction,
@@ -15,7 +16,6 @@ from _reference_dense import (
     random_panoptic_video,
     reference_vpq,
 )
-
 from vidseg.data.records import IGNORE_LABEL, AnnotationFormatError, Category
 from vidseg.metrics.vpq import VPQ, from_records
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
+from _metric_references import STAT_KEYS, reference_stats
 from vidseg.data.records import (
     AnnotationFormatError,
     Category,
@@ -24,7 +21,6 @@ from vidseg.data.records import (
 )
 from vidseg.metrics.ytvis_ap import YTVISMeanAP, from_records
 
-STAT_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l", "AR1", "AR10", "AR100", "AR_s", "AR_m", "AR_l"]
 SMALL_AREAS = [(0.0, 1e10), (0.0, 16.0**2), (16.0**2, 32.0**2), (32.0**2, 1e10)]  # scaled to 48x64 frames
 
 
@@ -116,99 +112,6 @@ def random_video(rng: np.random.Generator, vid: int, h: int = 48, w: int = 64, n
         next_id += 1
     pred = VideoPrediction(str(vid), h, w, record.frames.names, tracks)
     return record, pred
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reference: pycocotools COCOeval with videos as images, computeIoU overridden by the video IoU
-# (sum of per-frame intersections / sum of unions, via maskUtils.merge/area as youtubevos' ytvoseval does),
-# 'area' = mean of the non-zero per-frame areas.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _avg_area(segs: list) -> float:
-    areas = [float(mask_utils.area(s)) for s in segs if s is not None]
-    areas = [a for a in areas if a]
-    return float(np.mean(areas)) if areas else 0.0
-
-
-class VideoCOCOeval(COCOeval):
-    def __init__(self, gt_coco, dt_coco, segs):
-        super().__init__(gt_coco, dt_coco, iouType="bbox")
-        self.segs = segs  # (kind, ann id) -> per-frame RLE list
-
-    def computeIoU(self, imgId, catId):  # noqa: N802 (COCOeval's name)
-        gt = self._gts[imgId, catId]
-        dt = self._dts[imgId, catId]
-        if len(gt) == 0 and len(dt) == 0:
-            return []
-        inds = np.argsort([-d["score"] for d in dt], kind="mergesort")
-        dt = [dt[i] for i in inds][: self.params.maxDets[-1]]
-        ious = np.zeros((len(dt), len(gt)))
-        for i, d in enumerate(dt):
-            for j, g in enumerate(gt):
-                inter = union = 0.0
-                for ds, gs in zip(self.segs["dt", d["id"]], self.segs["gt", g["id"]]):
-                    if ds is not None and gs is not None:
-                        inter += mask_utils.area(mask_utils.merge([ds, gs], True))
-                        union += mask_utils.area(mask_utils.merge([ds, gs], False))
-                    elif gs is not None:
-                        union += mask_utils.area(gs)
-                    elif ds is not None:
-                        union += mask_utils.area(ds)
-                ious[i, j] = inter / union if union > 0 else 0.0
-        return ious
-
-
-def reference_stats(records, preds, cat_ids, area_ranges):
-    images = [{"id": int(r.video_id)} for r in records]
-    cats = [{"id": c} for c in cat_ids]
-    gt_anns, dt_anns, segs = [], [], {}
-    for r in records:
-        for tid, info in r.tracks.items():
-            seq = [a.rles.get(tid) for a in r.annotations]
-            gid = len(gt_anns) + 1
-            segs["gt", gid] = seq
-            gt_anns.append(
-                {
-                    "id": gid,
-                    "image_id": int(r.video_id),
-                    "category_id": info.category_id,
-                    "iscrowd": int(info.iscrowd),
-                    "area": _avg_area(seq),
-                    "bbox": [0, 0, 1, 1],
-                }
-            )
-    for p in preds:
-        for trk in p.tracks:
-            did = len(dt_anns) + 1
-            segs["dt", did] = list(trk.masks)
-            dt_anns.append(
-                {
-                    "id": did,
-                    "image_id": int(p.video_id),
-                    "category_id": trk.category_id,
-                    "score": trk.score,
-                    "iscrowd": 0,
-                    "area": _avg_area(trk.masks),
-                    "bbox": [0, 0, 1, 1],
-                }
-            )
-    gt_coco, dt_coco = COCO(), COCO()
-    gt_coco.dataset = {"images": images, "categories": cats, "annotations": gt_anns}
-    dt_coco.dataset = {"images": copy.deepcopy(images), "categories": cats, "annotations": dt_anns}
-    gt_coco.createIndex()
-    dt_coco.createIndex()
-    ev = VideoCOCOeval(gt_coco, dt_coco, segs)
-    ev.params.areaRng = [list(a) for a in area_ranges]
-    ev.params.maxDets = [1, 10, 100]
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    per_cat = {}
-    for k, c in enumerate(ev.params.catIds):
-        s = ev.eval["precision"][:, :, k, 0, -1]
-        per_cat[c] = float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
-    return dict(zip(STAT_KEYS, ev.stats.tolist())), per_cat
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
