@@ -81,8 +81,10 @@ def test_decoder_uses_previous_prediction_as_attention_mask() -> None:
     dec, qs = _setup()
     feats, mf = _feats()
     captured: list[torch.Tensor | None] = []
-    hooks = [layer.cross_attn.register_forward_hook(lambda m, args, out: captured.append(args[3]))
-             for layer in dec.layers]
+    hooks = [
+        layer.cross_attn.register_forward_hook(lambda m, args, out: captured.append(args[3]))
+        for layer in dec.layers
+    ]
     with torch.no_grad():
         out = dec(feats, mf, qs)
     for h in hooks:
@@ -106,7 +108,7 @@ def test_decoder_layer_cross_attention_step_matches_reference() -> None:
     keep |= ~keep.any(-1, keepdim=True)
     seen = {}
     layer.self_attn.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[2]))
-    layer(x, qpos, qpos, mem, mpos, keep)
+    layer(x, qpos, qpos, mem, mem + mpos, keep)
     expected = layer.cross_norm(x + _reference_attention(layer.cross_attn, x + qpos, mem + mpos, mem, keep))
     torch.testing.assert_close(seen["x"], expected, rtol=1e-5, atol=1e-5)
 
@@ -189,8 +191,10 @@ def test_every_used_parameter_gets_a_gradient_and_unused_heads_do_not() -> None:
     feats = [f.requires_grad_() for f in feats]
     out = dec(feats, mf, qs)
     inst, bg, sem = out.group("instance"), out.group("background"), out.group("semantic")
-    loss = sum(m.sigmoid().mean() for m in out.mask_logits) + classify(inst.embeddings, sem.embeddings,
-                                                                         bg.embeddings).logsumexp(-1).mean()
+    loss = (
+        sum(m.sigmoid().mean() for m in out.mask_logits)
+        + classify(inst.embeddings, sem.embeddings, bg.embeddings).logsumexp(-1).mean()
+    )
     loss.backward()
     for name, p in dec.named_parameters():
         if ".vos." in name:
@@ -223,4 +227,17 @@ def test_per_batch_query_content() -> None:
     qs1 = QuerySet([vos.group("vos", content=init[1:])])
     with torch.no_grad():
         single = dec([f[1:] for f in feats], mf[1:], qs1)
-    torch.testing.assert_close(single.mask_logits[-1][0], out.mask_logits[-1][1].detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        single.mask_logits[-1][0], out.mask_logits[-1][1].detach(), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((16, 16), (8, 8)), ((16, 32), (4, 8)), ((32, 16), (4, 2)), ((12, 12), (5, 5))]
+)
+def test_strided_downsample_equals_bilinear_interpolation(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    from vidseg.model.decoder import _downsample_logits
+
+    x = torch.randn(2, 5, *src)
+    ref = F.interpolate(x, size=dst, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(_downsample_logits(x, dst), ref, rtol=1e-6, atol=1e-6)

@@ -83,6 +83,22 @@ def classify(inst_embed: Tensor, sem_embed: Tensor, bg_embed: Tensor) -> Tensor:
     return torch.cat([no_object, torch.bmm(inst_embed, sem.transpose(1, 2))], dim=-1)
 
 
+def _downsample_logits(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear (align_corners=False) resize of [N, C, h, w] to ``size``.
+
+    For an exact even integer factor f (the decoder's case: stride 4 → 8/16/32 gives f = 2/4/8) bilinear
+    sampling lands halfway between pixels f/2 - 1 and f/2 of every f×f block, i.e. it is the mean of those
+    2×2 pixels: computed with four strided views instead of a general interpolation kernel.
+    """
+    h, w = x.shape[-2:]
+    fh, fw = h // size[0], w // size[1]
+    if fh * size[0] != h or fw * size[1] != w or fh != fw or fh % 2:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    a = fh // 2 - 1
+    rows0, rows1 = x[..., a::fh, :], x[..., a + 1 :: fh, :]
+    return 0.25 * ((rows0[..., a::fw] + rows0[..., a + 1 :: fw]) + (rows1[..., a::fw] + rows1[..., a + 1 :: fw]))
+
+
 @torch.no_grad()
 def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
     """Hard cross-attention mask from mask logits (Mask2Former/TarViS).
@@ -93,8 +109,7 @@ def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int]) -> Te
     broadcast over heads rather than repeated per head.
     """
     b, q, t, h, w = mask_logits.shape
-    small = F.interpolate(mask_logits.detach().reshape(b, q * t, h, w), size=size, mode="bilinear",
-                          align_corners=False)
+    small = _downsample_logits(mask_logits.detach().reshape(b, q * t, h, w), size)
     keep = (small >= 0).view(b, q, -1)
     keep |= ~keep.any(dim=-1, keepdim=True)
     return keep.unsqueeze(1)
@@ -199,11 +214,12 @@ class DecoderLayer(nn.Module):
         query_pos: Tensor,
         self_pos: Tensor,
         memory: Tensor,
-        memory_pos: Tensor,
+        memory_with_pos: Tensor,
         attn_mask: Tensor | None,
     ) -> Tensor:
-        """x/query_pos/self_pos [B, Q, d]; memory/memory_pos [B or 1, N, d]; attn_mask [B, 1, Q, N]."""
-        x = self.cross_norm(x + self.cross_attn(x + query_pos, memory + memory_pos, memory, attn_mask))
+        """x/query_pos/self_pos [B, Q, d]; memory (values) and memory + its positions (keys) [B, N, d];
+        attn_mask [B, 1, Q, N] bool or None."""
+        x = self.cross_norm(x + self.cross_attn(x + query_pos, memory_with_pos, memory, attn_mask))
         qk = x + self_pos
         x = self.self_norm(x + self.self_attn(qk, qk, x))
         return self.ffn_norm(x + self.ffn(x))
@@ -239,11 +255,12 @@ class MaskedAttentionDecoder(nn.Module):
         self.mask_heads.add_group(name)
 
     def _memory(self, feats: Tensor, scale: int) -> tuple[Tensor, Tensor]:
-        """[B, T, d, H, W] → tokens [B, T·H·W, d] (+ scale embedding) and 3D sine positions [1, T·H·W, d]."""
+        """[B, T, d, H, W] → values = tokens [B, T·H·W, d] + scale embedding, and keys = values + 3D sine
+        positions; computed once per scale and shared by the layers that use that scale."""
         b, t, d, h, w = feats.shape
         tokens = feats.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, d) + self.scale_embed.weight[scale]
         pos = sine_position_3d(t, h, w, d, device=feats.device, dtype=tokens.dtype)  # [1, T, d, H, W]
-        return tokens, pos.permute(0, 1, 3, 4, 2).reshape(1, t * h * w, d)
+        return tokens, tokens + pos.permute(0, 1, 3, 4, 2).reshape(1, t * h * w, d)
 
     def _predict(
         self, x: Tensor, query_set: QuerySet, mask_features: Tensor, attn_size: tuple[int, int] | None
@@ -295,14 +312,14 @@ class MaskedAttentionDecoder(nn.Module):
         normed, proj, logits, attn_mask = self._predict(x, query_set, mf, sizes[0])
         out = DecoderOutput([logits], [normed], [proj], query_set)
         for i, layer in enumerate(self.layers):
-            memory, memory_pos = memories[i % self.num_scales]
+            memory, memory_with_pos = memories[i % self.num_scales]
             self_pos = query_pos
             if query_adders:
                 self_pos = query_pos.expand(b, -1, -1).clone()
                 for name, adder in query_adders.items():
                     sl = query_set.slices[name]
                     self_pos[:, sl] = self_pos[:, sl] + adder(logits[:, sl])
-            x = layer(x, query_pos, self_pos, memory, memory_pos, attn_mask)
+            x = layer(x, query_pos, self_pos, memory, memory_with_pos, attn_mask)
             next_size = sizes[(i + 1) % self.num_scales] if i + 1 < self.num_layers else None
             normed, proj, logits, attn_mask = self._predict(x, query_set, mf, next_size)
             out.mask_logits.append(logits)
