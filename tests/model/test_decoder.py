@@ -137,6 +137,8 @@ def test_decoder_rejects_bad_inputs() -> None:
     feats, mf = _feats()
     with pytest.raises(ValueError, match="3 feature scales"):
         dec(feats[:2], mf, qs)
+    with pytest.raises(ValueError, match="feature scale 1 has shape"):
+        dec([feats[0], feats[1][:, :1], feats[2]], mf, qs)
     with pytest.raises(KeyError, match="no mask heads"):
         dec(feats, mf, QuerySet([LearnedQueries(D, 2).group("vos")]))
     with pytest.raises(KeyError, match="query_adders"):

@@ -147,3 +147,17 @@ def test_model_package_never_imports_tasks() -> None:
             "assert not bad, bad\nprint('ok', len(sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr
+
+
+@pytest.mark.slow
+def test_compile_switch_matches_eager_and_keeps_state_dict_keys() -> None:
+    model, qs = _tiny()
+    frames = _frames(1, 2, 64, 64)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        ref = model(frames, qs).mask_logits[-1]
+    model.compile_submodules()
+    assert model.compiled and list(model.state_dict()) == keys
+    with torch.no_grad():
+        out = model(frames, qs).mask_logits[-1]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -96,7 +96,9 @@ def _downsample_logits(x: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     a = fh // 2 - 1
     rows0, rows1 = x[..., a::fh, :], x[..., a + 1 :: fh, :]
-    return 0.25 * ((rows0[..., a::fw] + rows0[..., a + 1 :: fw]) + (rows1[..., a::fw] + rows1[..., a + 1 :: fw]))
+    return 0.25 * (
+        (rows0[..., a::fw] + rows0[..., a + 1 :: fw]) + (rows1[..., a::fw] + rows1[..., a + 1 :: fw])
+    )
 
 
 @torch.no_grad()
@@ -296,6 +298,11 @@ class MaskedAttentionDecoder(nn.Module):
         b, t, d = mask_features.shape[:3]
         if d != self.d_model:
             raise ValueError(f"mask features have {d} channels, decoder d_model is {self.d_model}")
+        for s, f in enumerate(features):
+            if f.dim() != 5 or tuple(f.shape[:3]) != (b, t, d):
+                raise ValueError(
+                    f"decoder feature scale {s} has shape {tuple(f.shape)}, expected [{b}, {t}, {d}, H, W]"
+                )
         unknown = set(query_adders or {}) - set(query_set.names)
         if unknown:
             raise KeyError(
@@ -303,9 +310,8 @@ class MaskedAttentionDecoder(nn.Module):
             )
         memories = [self._memory(f, s) for s, f in enumerate(features)]
         sizes = [tuple(f.shape[-2:]) for f in features]
-        mf = mask_features.transpose(
-            1, 2
-        ).contiguous()  # [B, d, T, h4, w4], one copy for all L + 1 predictions
+        # [B, d, T, h4, w4]: one copy serves all L + 1 mask predictions as a plain bmm operand
+        mf = mask_features.transpose(1, 2).contiguous()
 
         x = query_set.content(b)
         query_pos = query_set.type_embed().unsqueeze(0).to(x.dtype)
