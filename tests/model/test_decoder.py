@@ -182,6 +182,10 @@ def test_query_adders_default_is_bit_identical_and_hook_changes_only_via_self_at
     with torch.no_grad():
         hooked = dec(feats, mf, qs, query_adders={"instance": adder})
     assert shapes == [(B, 5, T, 16, 16)] * 3
+    # the same hook carried by the query set
+    with torch.no_grad():
+        carried = dec(feats, mf, QuerySet(list(qs), query_adders={"instance": adder}))
+    assert all(torch.equal(a, b) for a, b in zip(carried.mask_logits, hooked.mask_logits))
     assert torch.equal(hooked.mask_logits[0], base.mask_logits[0])
     assert not torch.allclose(hooked.mask_logits[-1], base.mask_logits[-1])
 

@@ -291,8 +291,11 @@ class MaskedAttentionDecoder(nn.Module):
             query_set: the queries; its group names select the mask heads.
             query_adders: optional {group name: fn(prev mask logits [B, n, T, H/4, W/4]) → [B, n, d]};
                 the result is added to that group's q/k positional embedding in every self-attention
-                (GvSeg SPA hook). None or {} leaves the computation unchanged.
+                (GvSeg SPA hook). None falls back to ``query_set.query_adders``; None/{} there too leaves
+                the computation unchanged.
         """
+        if query_adders is None:
+            query_adders = query_set.query_adders
         if len(features) != self.num_scales:
             raise ValueError(f"decoder expects {self.num_scales} feature scales, got {len(features)}")
         b, t, d = mask_features.shape[:3]

@@ -12,7 +12,7 @@ VOS object encoder's output). Semantic queries live in a :class:`SemanticQueryBa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,9 +66,17 @@ class QueryGroup:
 
 
 class QuerySet:
-    """Named query groups concatenated in order; carries group slices/ids to the outputs."""
+    """Named query groups concatenated in order; carries group slices/ids to the outputs.
 
-    def __init__(self, groups: Sequence[QueryGroup]) -> None:
+    ``query_adders`` optionally travels with the set: {group name: fn(previous mask logits [B, n, T, h, w])
+    -> [B, n, d]}, used by the decoder when its own ``query_adders`` argument is None (GvSeg SPA hook).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[QueryGroup],
+        query_adders: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
+    ) -> None:
         if not groups:
             raise ValueError("QuerySet needs at least one query group")
         names = [g.name for g in groups]
@@ -89,6 +97,7 @@ class QuerySet:
             self.slices[g.name] = slice(start, start + g.num_queries)
             start += g.num_queries
         self.num_queries: int = start
+        self.query_adders: Mapping[str, Callable[[Tensor], Tensor]] | None = query_adders
 
     @property
     def names(self) -> list[str]:
