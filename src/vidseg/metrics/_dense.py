@@ -81,6 +81,46 @@ class Vocabulary:
             )
         return out
 
+    def remap_histogram(self, hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """A histogram over raw (GT id, predicted id) pairs -> [C+1, C+1] counts over vocabulary indices (void =
+        C), plus which raw ids occur on each side ([Ra], [Rb] bool). None when an occurring id is unknown (the
+        caller then reports it through `index`)."""
+        ra, rb = hist.shape
+        if ra > len(self.lut) or rb > len(self.lut):
+            return None
+        g_seen, p_seen = hist.any(axis=1), hist.any(axis=0)
+        g_idx, p_idx = self.lut[:ra], self.lut[:rb]
+        if (g_idx[g_seen] == self.invalid).any() or (p_idx[p_seen] == self.invalid).any():
+            return None
+        rows, cols = np.flatnonzero(g_seen), np.flatnonzero(p_seen)
+        out = np.zeros((self.num_classes + 1, self.num_classes + 1), dtype=np.int64)
+        np.add.at(out, (g_idx[rows].astype(np.int64)[:, None], p_idx[cols].astype(np.int64)[None, :]),
+                  hist[np.ix_(rows, cols)])  # fmt: skip
+        return out, g_seen, p_seen
+
+
+def id_range(values: np.ndarray) -> int | None:
+    """1 + the largest value of an integer map, or None when it has a negative value, is not integer, or is
+    empty (callers then take their slow, error-reporting path). One pass: negatives are huge unsigned."""
+    if values.dtype.kind not in "iu" or values.size == 0:
+        return None
+    unsigned = values.view(np.dtype(f"u{values.dtype.itemsize}")) if values.dtype.kind == "i" else values
+    top = int(unsigned.max())
+    if values.dtype.kind == "i" and top >= 1 << (8 * values.dtype.itemsize - 1):
+        return None
+    return top + 1
+
+
+def raw_pair_histogram(a: np.ndarray, b: np.ndarray, limit: int = 1 << 20) -> np.ndarray | None:
+    """Counts [Ra, Rb] of the (a, b) value pairs of two equally shaped non-negative int maps (Ra, Rb = 1 +
+    max): one bincount over a * Rb + b. None when a map is not a non-negative int map or Ra * Rb > limit."""
+    ra, rb = id_range(a), id_range(b)
+    if ra is None or rb is None or ra * rb > limit:
+        return None
+    cell = np.multiply(a, rb, dtype=np.int32 if ra * rb < 2**31 else np.int64, casting="unsafe")
+    np.add(cell, b, out=cell, casting="unsafe")  # values are bounded by the range check
+    return np.bincount(cell.ravel(), minlength=ra * rb).reshape(ra, rb)
+
 
 def compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique values, inverse index per element) of an int array. Linear-time (bincount) when the

@@ -9,8 +9,9 @@ video consistency VC_n.
   P = pixels whose prediction is the same there; the window scores |C & P| / |C| (NaN when |C| = 0);
   VC_n = mean over all non-NaN windows of all videos. mVC_n in the output is that mean.
 
-Memory is bounded: VC is computed while streaming the frames (per pixel, the last frame where the GT / the
-prediction changed), so a video is never held in memory.
+Speed and memory: per frame one histogram over raw (GT id, predicted id) pairs (mapped through the
+vocabulary on the histogram, not on the pixels). VC streams the frames: per pixel the last frame where the
+GT / either map changed, so a window is two counts; a video is never held in memory.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from vidseg.data.records import AnnotationFormatError, Category, DatasetRecord, VideoPrediction, VideoRecord
+from vidseg.data.records import (
+    IGNORE_LABEL,
+    AnnotationFormatError,
+    Category,
+    DatasetRecord,
+    VideoPrediction,
+    VideoRecord,
+)
 from vidseg.metrics._common import pair_videos
-from vidseg.metrics._dense import Vocabulary, scored_frames, tensor
+from vidseg.metrics._dense import Vocabulary, raw_pair_histogram, scored_frames, tensor
 
 VSPW_VC_WINDOWS = (8, 16)
 
@@ -51,47 +59,19 @@ class SemanticMIoU(Metric):
 
     def update(self, pred: VideoPrediction, gt: VideoRecord) -> None:  # type: ignore[override]
         """Score the annotated frames of one video."""
-        c = self.vocab.num_classes
-        confusion = np.zeros(c * c + 1, dtype=np.int64)
-        vc_sum = np.zeros(len(self.vc_windows), np.float64)
-        vc_count = np.zeros(len(self.vc_windows), np.int64)
-        num_frames = len(gt.annotations)
-        prev_g = prev_p = last_g = last_p = None
-        for t, (frame, labels, sem, _) in enumerate(scored_frames(pred, gt, "semantic")):
+        counter = _VideoCounter(self.vocab, len(gt.annotations), self.vc_windows)
+        for frame, labels, sem, _ in scored_frames(pred, gt, "semantic"):
             where = f"video {gt.video_id!r} frame {gt.frames.names[frame]!r}"
             if labels.semantic is None:
                 raise AnnotationFormatError(f"{where}: GT has no semantic map")
-            g = self.vocab.index(labels.semantic, f"{where} (GT)")
-            if labels.void is not None:
-                g[labels.void] = self.vocab.void
-            p = self.vocab.index(sem, f"{where} (prediction)", allow_void=False)
-            cell = np.multiply(g, c, dtype=np.int32)
-            cell += p
-            cell[g == self.vocab.void] = c * c  # void GT: the extra bin, dropped
-            confusion += np.bincount(cell.ravel(), minlength=c * c + 1)
-            if not self.vc_windows or num_frames <= min(self.vc_windows):
-                continue
-            if t == 0:
-                last_g = np.zeros(g.shape, np.int16 if num_frames < 2**15 else np.int32)
-                last_p = np.zeros(g.shape, last_g.dtype)
-            else:
-                last_g[g != prev_g] = t
-                last_p[p != prev_p] = t
-            prev_g, prev_p = g, p
-            if t > num_frames - 2:
-                continue  # the official loop has no window ending at the last annotated frame
-            for w, n in enumerate(self.vc_windows):
-                start = t - n + 1  # the window is start..t
-                if start < 0:
-                    continue
-                common_g = last_g <= start
-                n_common = int(np.count_nonzero(common_g))
-                if n_common:  # 0/0 is NaN in the official code, and nanmean skips it
-                    vc_sum[w] += np.count_nonzero(common_g & (last_p <= start)) / n_common
-                    vc_count[w] += 1
-        self.confusion += tensor(confusion[: c * c].reshape(c, c), self.confusion)
-        self.vc_sum += tensor(vc_sum, self.vc_sum)
-        self.vc_count += tensor(vc_count, self.vc_count)
+            g = np.asarray(labels.semantic)
+            if labels.void is not None and np.any(labels.void & (g != IGNORE_LABEL)):
+                g = np.where(labels.void, IGNORE_LABEL, g)
+            counter.add(g, np.asarray(sem), where)
+        c = self.vocab.num_classes
+        self.confusion += tensor(counter.total[:c, :c], self.confusion)  # void GT row and column dropped
+        self.vc_sum += tensor(counter.vc_sums, self.vc_sum)
+        self.vc_count += tensor(counter.vc_counts, self.vc_count)
 
     def compute(self) -> dict[str, float]:
         conf = self.confusion.cpu().numpy().astype(np.float64)
@@ -114,3 +94,66 @@ def from_records(
     for video, pred in pair_videos(gt, preds):
         metric.update(pred, video)
     return metric.compute()
+
+
+class _VideoCounter:
+    """Confusion and VC_n of one video, streamed frame by frame.
+
+    Confusion: one histogram over raw (GT id, predicted id) pairs per frame, mapped through the vocabulary on
+    the small histogram (unknown ids raise there). VC: per pixel last_g / last_both = the last frame where
+    the GT / either map changed (kept as max(last, t * changed): t grows). A window start..t is
+    GT-consistent at a pixel iff last_g <= start, and consistent on both sides iff last_both <= start.
+    """
+
+    def __init__(self, vocab: Vocabulary, num_frames: int, windows: tuple[int, ...]) -> None:
+        self.vocab, self.num_frames, self.windows = vocab, num_frames, windows
+        c1 = vocab.num_classes + 1
+        self.total = np.zeros((c1, c1), np.int64)
+        self.vc_sums = np.zeros(len(windows), np.float64)
+        self.vc_counts = np.zeros(len(windows), np.int64)
+        self.vc_active = bool(windows) and num_frames > min(windows)
+        self.t = -1
+        self.prev_g: np.ndarray | None = None
+        self.prev_p: np.ndarray | None = None
+        self.dtype = np.int8 if num_frames < 2**7 else np.int16 if num_frames < 2**15 else np.int32
+        self.last_g = self.last_both = np.zeros(0, self.dtype)
+
+    def _confusion(self, g: np.ndarray, p: np.ndarray, where: str) -> np.ndarray:
+        """[C+1, C+1] (GT index, predicted index) counts of equally shaped id arrays; unknown ids and void
+        predictions raise naming `where`."""
+        hist = raw_pair_histogram(g, p)
+        remapped = None if hist is None else self.vocab.remap_histogram(hist)
+        if remapped is not None and not remapped[0][:, self.vocab.void].any():
+            return remapped[0]
+        gi = self.vocab.index(g, f"{where} (GT)").astype(np.int64)  # slow path: reports the bad id
+        pi = self.vocab.index(p, f"{where} (prediction)", allow_void=False)
+        c1 = self.vocab.num_classes + 1
+        return np.bincount((gi * c1 + pi).ravel(), minlength=c1 * c1).reshape(c1, c1)
+
+    def add(self, g: np.ndarray, p: np.ndarray, where: str) -> None:
+        """The next annotated frame: GT ids (void-adjusted) and predicted ids, same shape."""
+        self.t += 1
+        t = self.t
+        self.total += self._confusion(g, p, where)
+        if not self.vc_active:
+            return
+        if self.prev_g is None or self.prev_p is None or self.prev_g.shape != g.shape:
+            self.last_g = np.zeros(g.shape, self.dtype)
+            self.last_both = np.zeros(g.shape, self.dtype)
+        else:
+            changed_g = np.not_equal(g, self.prev_g)
+            changed = np.not_equal(p, self.prev_p)
+            changed |= changed_g
+            np.maximum(self.last_g, np.multiply(changed_g, t, dtype=self.dtype), out=self.last_g)
+            np.maximum(self.last_both, np.multiply(changed, t, dtype=self.dtype), out=self.last_both)
+        self.prev_g, self.prev_p = g, p
+        if t > self.num_frames - 2:
+            return  # the official loop has no window ending at the last annotated frame
+        for w, n in enumerate(self.windows):
+            start = t - n + 1  # the window is start..t
+            if start < 0:
+                continue
+            n_common = int(np.count_nonzero(self.last_g <= start))
+            if n_common:  # 0/0 is NaN in the official code, and nanmean skips it
+                self.vc_sums[w] += int(np.count_nonzero(self.last_both <= start)) / n_common
+                self.vc_counts[w] += 1
