@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vidseg.data.formats import get_format
 from vidseg.inference.loading import CheckpointMismatchError, check_vocabulary, load_run
-from vidseg.predict import apply_clip_overrides, resolve_device
+from vidseg.predict import apply_clip_overrides, chosen_task, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from vidseg.utils.run import build_datamodule, write_json_atomic
 
     run = load_run(cfg.ckpt, paths=cfg.paths, config=cfg.get("config"), device=resolve_device(cfg.device))
-    task = run.task(cfg.get("task"))
+    task = run.task(chosen_task(cfg))
     apply_clip_overrides(task, cfg)
     data_cfg = cfg.data if cfg.get("data") is not None else run.cfg.data
     eval_cfg = run.cfg.copy()

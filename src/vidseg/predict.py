@@ -130,7 +130,7 @@ def predict(cfg: DictConfig) -> dict[str, Path]:
 
     record = read_video_record(cfg.video)
     run = load_run(cfg.ckpt, paths=cfg.paths, config=cfg.get("config"), device=resolve_device(cfg.device))
-    task = run.task(cfg.get("task"))
+    task = run.task(chosen_task(cfg))
     apply_clip_overrides(task, cfg)
     datasets = run.datasets_of(task.name)
     dataset = cfg.get("dataset") or (datasets[0] if len(datasets) == 1 or task.name in ("vos", "pet") else None)
@@ -165,6 +165,16 @@ def predict(cfg: DictConfig) -> dict[str, Path]:
         reader.close()
     log.info("predictions written to %s", out)
     return paths
+
+
+def chosen_task(cfg: DictConfig) -> str | None:
+    """The task picked with `task=T` (the config group puts its node under `tasks.T`); None if none."""
+    tasks = cfg.get("tasks")
+    if not tasks:
+        return None
+    if len(tasks) != 1:
+        raise AnnotationFormatError(f"task: choose one task (task=vis|vss|vps|vos|pet), got {sorted(tasks)}")
+    return str(next(iter(tasks)))
 
 
 def apply_clip_overrides(task: Any, cfg: DictConfig) -> None:

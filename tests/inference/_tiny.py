@@ -1,4 +1,4 @@
-"""Fixtures of the inference tests: a tiny model + tasks built from the repo's configs (random init, no
+"""Helpers of the inference and CLI tests: a tiny model + tasks built from the repo's configs (random init, no
 training), checkpoints written the way training writes them, and small synthetic videos."""
 
 from __future__ import annotations
