@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # The datamodule restores the sampler position from the checkpoint itself (VidsegDataModule.state_dict), so
 # Lightning's generic warning about mid-epoch checkpoints of non-resumable loaders does not apply.
 warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+# A non-finite loss makes training_step return None on purpose; the module logs its own warning and count.
+warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
