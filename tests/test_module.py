@@ -19,6 +19,7 @@ from torch import nn
 from vidseg.data.records import Batch, ClipSample, TrackPrediction, VideoPrediction
 from vidseg.module import VidsegModule, seed_step_rngs
 from vidseg.tasks.base import Task
+from vidseg.utils.launch import default_cache
 from vidseg.utils.media import id_colours, log_overlays, overlay_video, prediction_id_maps
 from vidseg.utils.run import accumulation_for, build_run, resolve_ckpt_path
 
@@ -135,7 +136,7 @@ def test_resolve_ckpt_path(tmp_path: Path) -> None:
 def _compose(out: Path, overrides: list[str]) -> Any:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=[
-            "task=vos", "logger=csv", "run_name=test", f"paths.output_dir={out}",
+            "task=vos", "logger=csv", "run_name=test", f"paths.output_dir={out}", f"paths.cache_dir={default_cache()}",
             "data.batch_size=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.limit_val_batches=0",
             "+trainer.enable_progress_bar=false", "~callbacks.rich_progress_bar", "checkpoint.every_n_steps=1000",
             *overrides,

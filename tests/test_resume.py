@@ -24,6 +24,7 @@ from vidseg.utils.launch import QUICK, checkpoint_state, run_train, start_train
 COMMON = [
     *QUICK, "task=multi", "data.chunk=1", "data.steps_per_epoch=3", "trainer.max_steps=6",
     "trainer.accumulate_grad_batches=2", "checkpoint.every_n_steps=2", "deterministic=true", "validate=false",
+    "trainer.limit_val_batches=0",
 ]
 
 

@@ -1,0 +1,90 @@
+"""VidsegDataModule: the training loader continues at the checkpoint's micro-batch, takes rank/world/accumulation
+from the trainer, forwards epochs to the clip datasets; validation videos are sharded over ranks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from vidseg.data.datamodule import RankShard, VidsegDataModule
+from vidseg.utils.launch import default_cache
+from vidseg.utils.run import build_datamodule
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _datamodule(overrides: list[str] | None = None) -> VidsegDataModule:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["task=vos", "run_name=t", "paths.output_dir=/tmp", "data.batch_size=2",
+                                          f"paths.cache_dir={default_cache()}", *(overrides or [])])
+    dm = build_datamodule(cfg, ["vos"])
+    dm.prepare_data()
+    return dm
+
+
+def _fake_trainer(rank: int = 0, world: int = 1, epoch: int = 0, accumulate: int = 1, processed: int = 0) -> Any:
+    progress = SimpleNamespace(total=SimpleNamespace(processed=processed))
+    return SimpleNamespace(global_rank=rank, world_size=world, current_epoch=epoch,
+                           accumulate_grad_batches=accumulate,
+                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+
+
+def test_loader_resumes_at_the_checkpoint_micro_batch() -> None:
+    dm = _datamodule(["data.steps_per_epoch=4"])
+    dm.trainer = _fake_trainer(accumulate=2, epoch=1, processed=11)
+    state = dm.state_dict()
+    assert state == {"micro_batch": 11, "epoch": 1}
+    fresh = _datamodule(["data.steps_per_epoch=4"])
+    fresh.trainer = _fake_trainer(accumulate=2, epoch=1)
+    fresh.load_state_dict(state)
+    loader = fresh.train_dataloader()
+    sampler = fresh.batch_sampler
+    assert sampler.accumulate == 2 and len(sampler) == 8 and sampler.epoch == 1
+    batches = list(loader)
+    assert len(batches) == 16 - 11  # the rest of epoch 1
+    record = fresh.train_records["syn_davis"]
+    spv = fresh.samples_per_video
+    for m, batch in zip(range(11, 16), batches, strict=True):
+        expected = [record.videos[i // spv].video_id for i in sampler.indices_of(m)]
+        assert [s.video_id for s in batch.samples] == expected
+        assert batch.task == "vos" and batch.dataset == "syn_davis"
+
+
+def test_rank_and_world_come_from_the_trainer_and_epochs_reach_the_clip_datasets() -> None:
+    dm = _datamodule()
+    dm.trainer = _fake_trainer(rank=1, world=2)
+    loader = dm.train_dataloader()
+    sampler = dm.batch_sampler
+    assert (sampler.rank, sampler.world_size) == (1, 2)
+    assert all(i % 2 == 1 for i in sampler.indices_of(0))
+    sampler.sampler.set_epoch(3)  # what Lightning calls each epoch
+    assert loader.dataset.datasets[0].epoch == 3
+
+
+def test_validation_videos_are_sharded_over_ranks() -> None:
+    dm = _datamodule()
+    per_rank = []
+    for rank in range(3):
+        dm.trainer = _fake_trainer(rank=rank, world=3)
+        (loader,) = dm.val_dataloader()
+        per_rank.append([v.index for v in loader])
+    n = len(dm.val_records["syn_davis"].videos)
+    assert sorted(i for r in per_rank for i in r) == list(range(n))
+    assert per_rank[1] == list(range(1, n, 3))
+
+
+def test_max_val_videos_caps_each_dataset() -> None:
+    dm = _datamodule(["data.max_val_videos=2"])
+    (loader,) = dm.val_dataloader()
+    assert len(loader) == 2
+
+
+@pytest.mark.parametrize(("length", "world"), [(10, 3), (2, 4), (0, 2)])
+def test_rank_shard_partitions_without_repeats(length: int, world: int) -> None:
+    shards = [list(RankShard(length, r, world)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(length))
+    assert [len(RankShard(length, r, world)) for r in range(world)] == [len(s) for s in shards]
