@@ -26,19 +26,8 @@ from torchmetrics import Metric
 
 from vidseg.data.records import Category, DatasetRecord, VideoPrediction, VideoRecord
 from vidseg.metrics._common import cat_state, pair_videos
-from vidseg.metrics._dense import (
-    TrackSlots,
-    Vocabulary,
-    compact,
-    decode_name,
-    encode_name,
-    gt_panoptic,
-    pair_counts,
-    panoptic_key,
-    pred_panoptic,
-    scored_frames,
-    tensor,
-)
+from vidseg.metrics._dense import TrackSlots, Vocabulary, compact, decode_name, encode_name, scored_frames, tensor
+from vidseg.metrics._panoptic import segment_pairs
 
 KITTI_STEP_THINGS = (11, 13)
 
@@ -54,24 +43,24 @@ def class_ious(confusion: np.ndarray) -> float:
     return float(np.sum(tp / np.maximum(union, 1e-15)) / counted)
 
 
-def first_listed_track(labels_sem: np.ndarray, labels_inst: np.ndarray, slots: TrackSlots,
-                       vocab: Vocabulary) -> int | None:
+def first_listed_track(g_slot: np.ndarray, g_cls: np.ndarray, slots: TrackSlots, vocab: Vocabulary) -> int | None:
     """Slot of the GT track VIPSeg's STQ script would give instance 0 (the first segment listed in the first
-    frame), or None when that segment is a stuff segment or a crowd region (no effect)."""
-    present = labels_sem != vocab.void
-    if (present & ~vocab.isthing[labels_sem]).any():
+    frame), or None when that segment is a stuff segment or a crowd region (no effect). Input: the GT side
+    (slot, class index) of the first frame's segment pair table."""
+    present = g_cls != vocab.void
+    if (present & ~vocab.isthing[g_cls]).any():
         return None  # a stuff segment is listed first
-    tracked = present & (labels_inst > 0)
+    tracked = present & (g_slot > 0)
     if not tracked.any():
         return None
     # things ordered by (category index, track id): the slot order follows sorted track ids
     slot_to_tid = {s: t for t, s in slots.slot.items()}
-    keys = np.unique(labels_sem[tracked].astype(np.int64) * (1 << 32) + labels_inst[tracked])
-    best = min(keys.tolist(), key=lambda k: (k >> 32, slot_to_tid.get(k & 0xFFFFFFFF, 0)))
-    untracked_thing = present & (labels_inst == 0)
-    if untracked_thing.any() and int(labels_sem[untracked_thing].min()) <= best >> 32:
+    segments = set(zip(g_cls[tracked].tolist(), g_slot[tracked].tolist()))
+    best_cls, best_slot = min(segments, key=lambda k: (k[0], slot_to_tid.get(k[1], 0)))
+    untracked_thing = present & (g_slot == 0)
+    if untracked_thing.any() and int(g_cls[untracked_thing].min()) <= best_cls:
         return None  # a crowd region of an earlier (or the same) class is listed first: already crowd
-    return int(best & 0xFFFFFFFF)
+    return int(best_slot)
 
 
 class STQ(Metric):
@@ -113,30 +102,23 @@ class STQ(Metric):
         crowd_slot: int | None = None
         for t, (frame, labels, sem, inst) in enumerate(scored_frames(pred, gt, "panoptic")):
             where = f"video {gt.video_id!r} frame {gt.frames.names[frame]!r}"
-            g_sem, g_inst = gt_panoptic(labels, vocab, slots, where)
             assert inst is not None
-            p_sem, p_inst = pred_panoptic(sem, inst, vocab, where)
+            g_slot, g_cls, p_inst, p_cls, cnt = segment_pairs(labels, sem, inst, vocab, slots, where)
             if self.variant == "vipseg":
                 if t == 0:
-                    crowd_slot = first_listed_track(g_sem, g_inst, slots, vocab)
+                    crowd_slot = first_listed_track(g_slot, g_cls, slots, vocab)
                 if crowd_slot is not None:
-                    g_inst = np.where(g_inst == crowd_slot, 0, g_inst)
-            cell = np.multiply(g_sem, c1, dtype=np.int32)
-            cell += p_sem
-            confusion += np.bincount(cell.ravel(), minlength=c1 * c1)
-            # tracking term: GT thing pixels with a track, predicted thing pixels outside the GT crowd
-            g_thing = vocab.isthing[g_sem]
-            gt_mask = g_thing & (g_inst != 0)
-            pred_mask = vocab.isthing[p_sem]
-            pred_mask &= ~(g_thing & ~gt_mask)
-            sel = np.flatnonzero(gt_mask | pred_mask)
-            # -1 = outside a mask; pair counts then give |g| (rows), |p| (columns) and TPA in one pass
-            gk = np.where(gt_mask.ravel()[sel], panoptic_key(g_inst.ravel()[sel], g_sem.ravel()[sel], c1), -1)
-            pk = np.where(pred_mask.ravel()[sel], panoptic_key(p_inst.ravel()[sel], p_sem.ravel()[sel], c1), -1)
-            a, b, cnt = pair_counts(gk, pk)
-            g_keys.append(a)
-            p_keys.append(b)
-            counts.append(cnt)
+                    g_slot = np.where(g_slot == crowd_slot, 0, g_slot)
+            np.add.at(confusion, g_cls * c1 + p_cls, cnt)
+            # tracking term: GT thing pixels with a track, predicted thing pixels outside the GT crowd;
+            # -1 = outside a mask, so pair counts give |g| (rows), |p| (columns) and TPA in one table
+            g_thing = vocab.isthing[g_cls]
+            gt_mask = g_thing & (g_slot != 0)
+            pred_mask = vocab.isthing[p_cls] & ~(g_thing & ~gt_mask)
+            keep = gt_mask | pred_mask
+            g_keys.append(np.where(gt_mask, g_slot * c1 + g_cls, -1)[keep])
+            p_keys.append(np.where(pred_mask, p_inst * c1 + p_cls, -1)[keep])
+            counts.append(cnt[keep])
         aq_sum, n_tracks = 0.0, 0
         if counts:
             ga, pa, cnt = np.concatenate(g_keys), np.concatenate(p_keys), np.concatenate(counts)

@@ -25,17 +25,8 @@ from torchmetrics import Metric
 
 from vidseg.data.records import Category, DatasetRecord, VideoPrediction, VideoRecord
 from vidseg.metrics._common import pair_videos
-from vidseg.metrics._dense import (
-    TrackSlots,
-    Vocabulary,
-    compact,
-    gt_panoptic,
-    pair_counts,
-    panoptic_key,
-    pred_panoptic,
-    scored_frames,
-    tensor,
-)
+from vidseg.metrics._dense import TrackSlots, Vocabulary, compact, scored_frames, tensor
+from vidseg.metrics._panoptic import segment_pairs
 
 CITYSCAPES_VPS_WINDOWS = (1, 2, 3, 4)
 VIPSEG_WINDOWS = (1, 2, 4, 6, 8)
@@ -66,13 +57,11 @@ class VideoTables:
         n_frames = 0
         for t, (frame, labels, sem, inst) in enumerate(scored_frames(pred, gt, "panoptic")):
             where = f"video {gt.video_id!r} frame {gt.frames.names[frame]!r}"
-            g_sem, g_inst = gt_panoptic(labels, vocab, slots, where)
             if inst is None:  # pragma: no cover - scored_frames("panoptic") always gives instances
                 raise AssertionError("panoptic prediction without instance map")
-            p_sem, p_inst = pred_panoptic(sem, inst, vocab, where)
-            gk, pk, cnt = pair_counts(panoptic_key(g_inst, g_sem, c1), panoptic_key(p_inst, p_sem, c1))
-            g_keys.append(gk)
-            p_keys.append(pk)
+            g_slot, g_cls, p_inst, p_cls, cnt = segment_pairs(labels, sem, inst, vocab, slots, where)
+            g_keys.append(g_slot * c1 + g_cls)
+            p_keys.append(p_inst * c1 + p_cls)
             counts.append(cnt)
             frame_of.append(np.full(len(cnt), t, dtype=np.int64))
             n_frames = t + 1
