@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         close_loggers(trainer, status)
 
 
+def ddp_children_run_this_job() -> None:
+    """Lightning's DDP launcher starts ranks > 0 by re-running `sys.argv` with `hydra.run.dir=<run.dir>`.
+    Inside a multirun job that would start the whole sweep again in every child, in the wrong folder; make the
+    children run this job's overrides only, in this job's output dir."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    sys.argv = [sys.argv[0], *hc.overrides.task]
+    with read_write(hc), open_dict(hc):
+        hc.run.dir = hc.runtime.output_dir
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ddp_children_run_this_job()
     if cfg.get("print_config", True):
         from vidseg.utils.run import print_config
 

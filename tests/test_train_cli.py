@@ -1,0 +1,38 @@
+"""The training CLI contract: `python -m vidseg.train task=T hydra.run.dir=RUN trainer.max_steps=N
+checkpoint.every_n_steps=K` keeps RUN/checkpoints/last.ckpt, the same command + `ckpt_path=last` continues from
+it; `task=multi` trains all five tasks jointly and its validation reports every task's metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidseg.utils.audit import read_audit
+from vidseg.utils.launch import QUICK, read_metrics, run_train
+
+TASK_METRIC = {"vis": "AP", "vss": "mIoU", "vps": "VPQ", "vos": "J&F-Mean", "pet": "J&F-Mean"}
+
+
+@pytest.mark.slow
+def test_multi_trains_continues_from_last_and_validates_every_task(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    audit = ["+callbacks.audit._target_=vidseg.utils.audit.SamplerAudit", f"+callbacks.audit.dirpath={run}/audit"]
+    base = [*QUICK, "task=multi", "data.chunk=1", f"hydra.run.dir={run}", "checkpoint.every_n_steps=2", *audit]
+    run_train([*base, "trainer.max_steps=2", "validate=false"], timeout=900, log=tmp_path / "first.log")
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+    assert read_metrics(run) == {}  # validate=false: nothing measured
+
+    run_train([*base, "trainer.max_steps=4", "ckpt_path=last", "data.max_val_videos=1"], timeout=900,
+              log=tmp_path / "second.log")
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+    assert [r["micro"] for r in read_audit(run / "audit")[0]] == [0, 1, 2, 3]  # 2 steps, then 2 more
+    metrics = read_metrics(run)
+    for task, metric in TASK_METRIC.items():
+        assert metric in metrics[task], (task, metrics.get(task))
+    assert {k for k in metrics if "/" in k} == {
+        "vis/syn_ytvis", "vss/syn_vspw", "vps/syn_vipseg", "vos/syn_davis", "pet/syn_davis_pet"}
+    media = {p.name.split("__")[1] for p in (run / "media").glob("*.png")}
+    assert media == set(TASK_METRIC)  # one overlay per task's dataset
