@@ -63,6 +63,7 @@ class VOSTask(Task):
         clip_overlap: int = 0,
         revive_lost: bool = False,
         gvseg: Mapping[str, Any] | None = None,
+        detach_pooling: bool = True,
     ) -> None:
         super().__init__()
         self.q_train, self.q_eval = queries_per_object, queries_per_object_eval
@@ -77,6 +78,7 @@ class VOSTask(Task):
         self.embeds: nn.ModuleDict | None = None
         self.gvseg = GvSegConfig.from_any(gvseg)
         self.spa_encoder: nn.Module | None = None
+        self.detach_pooling = detach_pooling  # TarViS: no gradient into the features through the prompt pooling
         self.current_step = 0  # set by the LightningModule (global step) before each training forward
         # inference: clip length/overlap (TarViS DAVIS 12/6, BURST 8/4; None = whole video as one clip)
         self.clip_len, self.clip_overlap, self.revive_lost = clip_len, clip_overlap, revive_lost
@@ -128,7 +130,7 @@ class VOSTask(Task):
         blocks: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
         inits: list[torch.Tensor] = []
         for i in range(b):
-            fmap = mf[i].detach()  # no gradient into the features through the pooling (TarViS)
+            fmap = mf[i].detach() if self.detach_pooling else mf[i]
             frame0 = int(ref_frames[i].min())
             parts = [grid_background_tokens(fmap[frame0], pos, ref_masks[i].any(0), self.grid, pixels, generator)]
             for k in mask_objs:
