@@ -84,6 +84,7 @@ def test_tensor_frames_slices_without_copy() -> None:
     assert (tf.num_frames, tf.valid_hw, tf.padded_hw, tf.orig_hw) == (5, (4, 3), (4, 4), (8, 6))
 
 
+@pytest.mark.slow  # generates the synthetic DAVIS data (~1 min on a loaded CPU)
 def test_decoded_frames_equal_the_validation_loader(vidseg_cache) -> None:
     from vidseg.data.datamodule import EvalVideoDataset
     from vidseg.data.formats import get_format
