@@ -20,11 +20,12 @@ from vidseg.utils.checkpoint import AtomicModelCheckpoint
 from vidseg.utils.launch import QUICK, checkpoint_state, run_train, start_train
 
 # 3 optimizer steps per epoch, so the resumed part crosses an epoch boundary; chunk=1 so the task changes
-# between steps (VOS point/mask splits, several heads); accumulation 2 so micro-batches != steps.
+# between steps (VOS point/mask splits, several heads); accumulation 2 so micro-batches != steps; 2 loader
+# workers prefetch ahead of training, so the position must come from the trainer, not from the sampler.
 COMMON = [
     *QUICK, "task=multi", "data.chunk=1", "data.steps_per_epoch=3", "trainer.max_steps=6",
     "trainer.accumulate_grad_batches=2", "checkpoint.every_n_steps=2", "deterministic=true", "validate=false",
-    "trainer.limit_val_batches=0",
+    "trainer.limit_val_batches=0", "data.num_workers=2",
 ]
 
 

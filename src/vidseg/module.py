@@ -73,6 +73,7 @@ class VidsegModule(pl.LightningModule):
         self.media_videos, self.media_max_frames = int(media_videos), int(media_max_frames)
         self.skipped_steps = 0
         self._t_last: float | None = None
+        self._window_has_grads = False
 
     # ------------------------------------------------------------------ training
     def forward_task(self, batch: Batch) -> tuple[dict[str, torch.Tensor], Any]:
@@ -94,6 +95,16 @@ class VidsegModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.seed is not None:
             seed_step_rngs(self.seed, self.global_rank, self.micro_batch_number())
+        accumulate = int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
+        if batch_idx % max(1, accumulate) == 0:
+            self._window_has_grads = False  # first micro-batch of an optimizer step
+
+    def _zero_touching_all_params(self, like: torch.Tensor) -> torch.Tensor:
+        """0 · (one element of every trainable parameter): a loss term with a zero gradient for every parameter,
+        so DDP's reducer sees all of them (other tasks' heads, unused branches) without
+        find_unused_parameters' graph walk each step."""
+        touched = torch.stack([p.reshape(-1)[0] for p in self.parameters() if p.requires_grad])
+        return 0.0 * touched.sum().to(like.dtype)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         self.tasks[batch.task].current_step = self.global_step
@@ -101,12 +112,15 @@ class VidsegModule(pl.LightningModule):
         total = sum(losses.values())
         if not self._all_ranks_finite(total):
             self._skip_nonfinite(batch)
-            return None
+            if self._distributed():
+                # Lightning cannot skip a DDP step (returning None): backward a zero loss instead, which keeps
+                # the all-reduce schedule (gradients of the step's other micro-batches stay averaged); a step
+                # with no finite micro-batch drops its gradients in on_before_optimizer_step
+                return self._zero_touching_all_params(total)
+            return None  # no backward; Lightning skips it
         if self._distributed():
-            # every parameter takes part (weight 0) so DDP's reducer sees the heads/groups of other tasks and
-            # branches this batch did not use, without find_unused_parameters' graph walk each step
-            touched = torch.stack([p.reshape(-1)[0] for p in self.parameters() if p.requires_grad])
-            total = total + 0.0 * touched.sum().to(total.dtype)
+            total = total + self._zero_touching_all_params(total)
+        self._window_has_grads = True
         bs = len(batch)
         for k, v in losses.items():
             self.log(f"train/{batch.task}/{k}", v.detach(), batch_size=bs)
@@ -151,6 +165,12 @@ class VidsegModule(pl.LightningModule):
         self.skipped_steps = int(checkpoint.get("vidseg", {}).get("skipped_steps", 0))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self._window_has_grads:
+            # every micro-batch of this step was non-finite: no update at all (AdamW skips parameters without a
+            # gradient, so neither its moments nor weight decay move)
+            for p in self.parameters():
+                p.grad = None
+            return
         clip = self.optim_cfg.get("clip_norm")
         if clip:
             norm = torch.nn.utils.clip_grad_norm_(self.parameters(), float(clip))
