@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from vidseg.data.formats import get_format
 from vidseg.data.records import IGNORE_LABEL, TrackPrediction, VideoPrediction
@@ -22,6 +23,7 @@ from vidseg.data.synthetic import ensure_synthetic
 from vidseg.inference.resize import masks_to_rles
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("learning")]
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 BARS = {
     "vos": {"J&F-Mean": 0.70},
@@ -43,16 +45,25 @@ def _train(task: str, run_dir: Path, cache: Path) -> dict:
     return metrics[task]
 
 
-def _val(fmt: str, cache: Path):
-    root = ensure_synthetic(fmt, cache / "synthetic")
-    return get_format(fmt).read(root, "val")
+def _synthetic_params(data_cfg: str) -> dict:
+    """The synthetic-data parameters the task's default data config uses (same cache key as training)."""
+    cfg = yaml.safe_load((CONF / "data" / f"{data_cfg}.yaml").read_text())
+    return dict(next(iter(cfg["datasets"].values()))["synthetic"])
+
+
+def _root(fmt: str, data_cfg: str, cache: Path) -> Path:
+    return ensure_synthetic(fmt, cache / "synthetic", **_synthetic_params(data_cfg))
+
+
+def _val(fmt: str, data_cfg: str, cache: Path):
+    return get_format(fmt).read(_root(fmt, data_cfg, cache), "val")
 
 
 def _copy_first_frame_jf(cache: Path) -> float:
     """J&F of predicting every object's first-appearance mask in every frame."""
     from vidseg.metrics.jf import DavisJF
 
-    ds = _val("davis", cache)
+    ds = _val("davis", "synthetic_vos", cache)
     metric = DavisJF()
     for video in ds.videos:
         tracks = []
@@ -75,7 +86,7 @@ def _majority_miou(cache: Path) -> float:
     """mIoU of predicting the most frequent training class everywhere."""
     from vidseg.metrics.miou import SemanticMIoU
 
-    train = get_format("vspw").read(ensure_synthetic("vspw", cache / "synthetic"), "train")
+    train = get_format("vspw").read(_root("vspw", "synthetic_vss", cache), "train")
     counts: dict[int, int] = {}
     for video in train.videos:
         for ann in video.annotations:
@@ -84,7 +95,7 @@ def _majority_miou(cache: Path) -> float:
             for v, c in zip(vals.tolist(), cnt.tolist()):
                 counts[v] = counts.get(v, 0) + c
     majority = max(counts, key=counts.get)
-    val = _val("vspw", cache)
+    val = _val("vspw", "synthetic_vss", cache)
     metric = SemanticMIoU(categories=val.categories)
     for video in val.videos:
         maps = [np.full((video.height, video.width), majority, dtype=np.int32) for _ in range(video.num_frames)]
