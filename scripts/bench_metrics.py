@@ -14,7 +14,8 @@ timing (`ann.decode()` then returns the cached FrameLabels, as a reader's PNG de
 the references get their input formats prebuilt (DAVIS label maps of GT and prediction, KITTI-STEP
 panoptic labels, VPS/VIPSeg id maps with segments_info). Everything the metric itself does - painting GT
 label maps from masks, decoding prediction RLEs, per-frame counting - is inside "ours".
-`--json PATH` writes {benchmark: {"ours_s", "reference_s", "speedup"}}; `--repeat N` keeps each side's best.
+`--json PATH` writes {benchmark: {"ours_s", "reference_s", "speedup"}}; `--repeat N` keeps each side's best
+(the sides interleaved).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,13 +69,18 @@ BURST_VOCAB = [1, 2, 3, 4, 13, 34, 20]  # common, uncommon and a distractor id
 Bench = tuple[Callable[[], dict], Callable[[], dict], float]
 
 
-def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
+def timed_pair(ours: Callable[[], object], ref: Callable[[], object], repeat: int) -> tuple[float, Any, float, Any]:
+    """Best of `repeat` timings of each side, the sides interleaved (a shared machine's load drifts)."""
+    best_o = best_r = float("inf")
+    out_o = out_r = None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        out_o = ours()
+        t1 = time.perf_counter()
+        out_r = ref()
+        t2 = time.perf_counter()
+        best_o, best_r = min(best_o, t1 - t0), min(best_r, t2 - t1)
+    return best_o, out_o, best_r, out_r
 
 
 def check_equal(name: str, ours: dict, ref: dict, tol: float = 1e-9) -> None:
@@ -289,8 +296,7 @@ def main() -> None:
         if only and name not in only:
             continue
         ours_fn, ref_fn, tol = make()
-        t_ours, v_ours = timed(ours_fn, args.repeat)
-        t_ref, v_ref = timed(ref_fn, args.repeat)
+        t_ours, v_ours, t_ref, v_ref = timed_pair(ours_fn, ref_fn, args.repeat)
         check_equal(name, v_ours, v_ref, tol)  # type: ignore[arg-type]
         results[name] = {"ours_s": t_ours, "reference_s": t_ref, "speedup": t_ref / t_ours}
         print(f"{name:16s} {t_ours:9.3f} {t_ref:12.3f} {t_ref / t_ours:7.1f}x", flush=True)

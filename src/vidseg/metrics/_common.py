@@ -87,7 +87,11 @@ def rle_areas(rles: Sequence[RLE]) -> np.ndarray:
     """int64 areas of a list of RLEs (empty list -> empty array)."""
     if not rles:
         return np.zeros(0, dtype=np.int64)
-    return np.asarray(mask_utils.area(list(rles)), dtype=np.int64).reshape(-1)
+    rles = list(rles)
+    # chunks of 255: pycocotools' `area` builds a uint8 array of the list length (overflows with numpy 2)
+    return np.concatenate(
+        [np.asarray(mask_utils.area(rles[i : i + 255]), dtype=np.int64).reshape(-1) for i in range(0, len(rles), 255)]
+    )
 
 
 def rle_intersections(
@@ -100,6 +104,56 @@ def rle_intersections(
     iou = np.asarray(mask_utils.iou(list(dts), list(gts), [0] * len(gts)), dtype=np.float64)
     iou = iou.reshape(len(dts), len(gts))
     total = (dt_areas[:, None] + gt_areas[None, :]).astype(np.float64)
+    return np.rint(iou * total / (1.0 + iou)).astype(np.int64)
+
+
+def grouped_rle_ious(
+    d_rles: Sequence[RLE], d_group: np.ndarray, g_rles: Sequence[RLE], g_group: np.ndarray, max_cells: int = 512
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pycocotools IoU of every (d, g) pair of RLEs with the same group number (e.g. the same frame and
+    class), in a few `mask_utils.iou` calls instead of one per group.
+
+    Each RLE is passed with its group folded into its declared width (``size = [h, w + 1 + group]``; the
+    counts are untouched): pycocotools computes the exact IoU only for pairs of equal size whose boxes
+    overlap (the box test does not read the width), so pairs of different groups cost a box test and are
+    discarded here. Groups go in chunks of about `max_cells` matrix cells (fewer calls vs. fewer box tests).
+    Returns (d index, g index, IoU) of the same-group pairs.
+    """
+    d_group, g_group = np.asarray(d_group, np.int64), np.asarray(g_group, np.int64)
+    out_d, out_g, out_iou = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    if len(d_rles) == 0 or len(g_rles) == 0:
+        return out_d[0], out_g[0], out_iou[0]
+    d_order, g_order = np.argsort(d_group, kind="stable"), np.argsort(g_group, kind="stable")
+    d_sorted, g_sorted = d_group[d_order], g_group[g_order]
+    groups = np.unique(d_sorted)
+    num_chunks = min(len(groups), max(1, int(np.sqrt(len(d_rles) * len(g_rles) / max_cells))))
+    bounds = [int(chunk[0]) for chunk in np.array_split(groups, num_chunks)] + [int(groups[-1]) + 1]
+    d_cut = np.searchsorted(d_sorted, bounds).tolist()
+    g_cut = np.searchsorted(g_sorted, bounds).tolist()
+    for c in range(num_chunks):
+        d_sel, g_sel = d_order[d_cut[c] : d_cut[c + 1]], g_order[g_cut[c] : g_cut[c + 1]]
+        if len(d_sel) == 0 or len(g_sel) == 0:
+            continue
+        dts = [
+            {"size": [d_rles[i]["size"][0], d_rles[i]["size"][1] + 1 + k], "counts": d_rles[i]["counts"]}
+            for i, k in zip(d_sel.tolist(), d_sorted[d_cut[c] : d_cut[c + 1]].tolist())
+        ]
+        gts = [
+            {"size": [g_rles[j]["size"][0], g_rles[j]["size"][1] + 1 + k], "counts": g_rles[j]["counts"]}
+            for j, k in zip(g_sel.tolist(), g_sorted[g_cut[c] : g_cut[c + 1]].tolist())
+        ]
+        iou = np.asarray(mask_utils.iou(dts, gts, [0] * len(gts)), dtype=np.float64).reshape(len(dts), len(gts))
+        rows, cols = np.nonzero(d_sorted[d_cut[c] : d_cut[c + 1], None] == g_sorted[None, g_cut[c] : g_cut[c + 1]])
+        out_d.append(d_sel[rows])
+        out_g.append(g_sel[cols])
+        out_iou.append(iou[rows, cols])
+    return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_iou)
+
+
+def intersections_from_iou(iou: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:
+    """Exact pixel intersections from pycocotools IoUs: with u = a + b - i and iou = i / u,
+    i = iou (a + b) / (1 + iou); the float error is far below 0.5, so rounding is exact."""
+    total = (area_a + area_b).astype(np.float64)
     return np.rint(iou * total / (1.0 + iou)).astype(np.int64)
 
 

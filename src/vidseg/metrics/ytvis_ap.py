@@ -21,10 +21,11 @@ from vidseg.metrics._common import (
     cat_state,
     check_no_duplicate_videos,
     check_prediction,
+    grouped_rle_ious,
     gt_frame_rles,
+    intersections_from_iou,
     pair_videos,
     rle_areas,
-    rle_intersections,
     video_sort_key,
 )
 
@@ -47,35 +48,40 @@ def match_group(
     dt_out_of_range: np.ndarray,
     iou_thresholds: np.ndarray = IOU_THRESHOLDS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """COCO greedy matching of one (video, category) group at every IoU threshold at once.
+    """COCO greedy matching of one (video, category) group, for every area range and IoU threshold at once.
 
-    ious [D, G]: detections sorted by score (desc), GT sorted non-ignored first; gt_ignore/gt_crowd [G];
-    dt_out_of_range [D]. Each detection takes the available GT with the highest IoU >= t (ties: the later GT,
-    as COCO's `<` comparison does), regular GT before ignored GT; crowd GT stays available.
-    Returns (matched [T, D], ignored [T, D]) bool.
+    ious [D, G]: detections sorted by score (desc); gt_ignore [A, G] per area range; gt_crowd [G];
+    dt_out_of_range [A, D]. Each detection takes the available GT with the highest IoU >= t (ties: the
+    later GT, as COCO's `<` comparison does, in COCO's order: non-ignored GT first, each kind in input
+    order), regular GT before ignored GT; crowd GT stays available. Returns (matched, ignored), bool
+    [A, T, D].
     """
-    num_t, (num_d, num_g) = len(iou_thresholds), ious.shape
-    matched = np.zeros((num_t, num_d), dtype=bool)
-    ignored = np.zeros((num_t, num_d), dtype=bool)
-    if num_g > 0:
-        thr = np.minimum(iou_thresholds, 1 - 1e-10)[:, None]
-        gt_taken = np.zeros((num_t, num_g), dtype=bool)
-        rows = np.arange(num_t)
+    num_a, num_t, (num_d, num_g) = len(gt_ignore), len(iou_thresholds), ious.shape
+    problems = num_a * num_t
+    matched = np.zeros((problems, num_d), dtype=bool)
+    ignored = np.zeros((problems, num_d), dtype=bool)
+    if num_g > 0 and num_d > 0:
+        thr = np.tile(np.minimum(iou_thresholds, 1 - 1e-10), num_a)[:, None]  # [P, 1]
+        ignore = np.repeat(np.asarray(gt_ignore, bool), num_t, axis=0)  # [P, G]
+        taken = np.zeros((problems, num_g), dtype=bool)
+        rows = np.arange(problems)
+        reversed_cols = num_g - 1 - np.arange(num_g)
         for d in range(num_d):
-            ok = (~gt_taken | gt_crowd[None, :]) & (ious[d][None, :] >= thr)
-            found = np.zeros(num_t, dtype=bool)
-            choice = np.zeros(num_t, dtype=np.int64)
-            for pool in (~gt_ignore, gt_ignore):  # regular GT first, ignored GT only if no regular match
-                cand = ok & pool[None, :] & ~found[:, None]
-                vals = np.where(cand, ious[d][None, :], -np.inf)
-                last_max = num_g - 1 - np.argmax(vals[:, ::-1], axis=1)
-                has = cand.any(axis=1)
-                choice = np.where(has, last_max, choice)
-                found |= has
+            row = ious[d]
+            if not (row >= thr[0, 0]).any():
+                continue  # no GT reaches the lowest threshold: unmatched everywhere
+            ok = (~taken | gt_crowd[None, :]) & (row[None, :] >= thr)
+            regular = ok & ~ignore
+            cand = np.where(regular.any(axis=1, keepdims=True), regular, ok & ignore)
+            vals = np.where(cand, row[None, :], -np.inf)[:, ::-1]
+            choice = reversed_cols[np.argmax(vals, axis=1)]  # the last GT with the highest value
+            found = cand.any(axis=1)
             matched[:, d] = found
-            ignored[:, d] = found & gt_ignore[choice]
-            gt_taken[rows[found], choice[found]] = True
-    ignored |= ~matched & dt_out_of_range[None, :]
+            ignored[:, d] = found & ignore[rows, choice]
+            taken[rows[found], choice[found]] = True
+    matched = matched.reshape(num_a, num_t, num_d)
+    ignored = ignored.reshape(num_a, num_t, num_d)
+    ignored |= ~matched & np.asarray(dt_out_of_range, bool)[:, None, :]
     return matched, ignored
 
 
@@ -144,74 +150,67 @@ class YTVISMeanAP(Metric):
         )
         dt_score = np.array([float(tr.score) for tr in pred.tracks], dtype=np.float64)
         num_d, num_g = len(pred.tracks), len(gt_ids)
+        # every RLE of the video, grouped by (annotated frame, category): one area and a few IoU calls
+        g_rles, g_idx, g_group, d_rles, d_idx, d_group = [], [], [], [], [], []
+        num_c = len(self.category_ids)
+        for pos, ann in enumerate(gt.annotations):
+            frame_rles = gt_frame_rles(ann, gt)
+            for tid, rle in frame_rles.items():
+                if tid not in gt_pos:
+                    raise AnnotationFormatError(
+                        f"GT video {gt.video_id!r} frame {ann.frame}: track(s) "
+                        f"{sorted(set(frame_rles) - set(gt_pos))} not in the track list"
+                    )
+                g_rles.append(rle)
+                g_idx.append(gt_pos[tid])
+                g_group.append(pos * num_c + gt_cat[gt_pos[tid]])
+            for i, trk in enumerate(pred.tracks):
+                rle = trk.masks[ann.frame]
+                if rle is not None:
+                    d_rles.append(rle)
+                    d_idx.append(i)
+                    d_group.append(pos * num_c + dt_cat[i])
+        g_idx_a, d_idx_a = np.asarray(g_idx, np.int64), np.asarray(d_idx, np.int64)
+        g_area, d_area = rle_areas(g_rles), rle_areas(d_rles)
+        pd, pg, pair_iou = grouped_rle_ious(d_rles, np.asarray(d_group), g_rles, np.asarray(g_group))
+        gt_area_sum = np.bincount(g_idx_a, weights=g_area, minlength=num_g).astype(np.int64)  # exact: < 2**53
+        gt_nonzero = np.bincount(g_idx_a[g_area > 0], minlength=num_g)
+        dt_area_sum = np.bincount(d_idx_a, weights=d_area, minlength=num_d).astype(np.int64)
+        dt_nonzero = np.bincount(d_idx_a[d_area > 0], minlength=num_d)
         inter = np.zeros((num_d, num_g), dtype=np.int64)
-        dt_area_sum, gt_area_sum = np.zeros(num_d, np.int64), np.zeros(num_g, np.int64)
-        dt_nonzero, gt_nonzero = np.zeros(num_d, np.int64), np.zeros(num_g, np.int64)
-        for ann in gt.annotations:
-            g_rles = gt_frame_rles(ann, gt)
-            unknown = set(g_rles) - set(gt_pos)
-            if unknown:
-                raise AnnotationFormatError(
-                    f"GT video {gt.video_id!r} frame {ann.frame}: track(s) {sorted(unknown)} "
-                    "not in the track list"
-                )
-            g_idx = np.array([gt_pos[t] for t in g_rles], dtype=np.int64)
-            d_idx = np.array(
-                [i for i, tr in enumerate(pred.tracks) if tr.masks[ann.frame] is not None], np.int64
-            )
-            d_rles = [pred.tracks[i].masks[ann.frame] for i in d_idx]
-            g_area, d_area = rle_areas(list(g_rles.values())), rle_areas(d_rles)
-            gt_area_sum[g_idx] += g_area
-            gt_nonzero[g_idx] += g_area > 0
-            dt_area_sum[d_idx] += d_area
-            dt_nonzero[d_idx] += d_area > 0
-            if len(d_idx) and len(g_idx):
-                inter[np.ix_(d_idx, g_idx)] += rle_intersections(
-                    d_rles, list(g_rles.values()), d_area, g_area
-                )
+        np.add.at(inter, (d_idx_a[pd], g_idx_a[pg]), intersections_from_iou(pair_iou, d_area[pd], g_area[pg]))
         union = dt_area_sum[:, None] + gt_area_sum[None, :] - inter
         ious = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
         gt_avg = np.where(gt_nonzero > 0, gt_area_sum / np.maximum(gt_nonzero, 1), 0.0)
         dt_avg = np.where(dt_nonzero > 0, dt_area_sum / np.maximum(dt_nonzero, 1), 0.0)
 
         key = video_sort_key(gt.video_id)
+        lo, hi = self.area_ranges[:, 0:1], self.area_ranges[:, 1:2]  # [A, 1]
+        gt_ignore_all = gt_crowd[None, :] | (gt_avg[None, :] < lo) | (gt_avg[None, :] > hi)  # [A, G]
+        dt_out_all = (dt_avg[None, :] < lo) | (dt_avg[None, :] > hi)  # [A, D]
         metas, scores, flags = [], [], []
-        gt_count = torch.zeros_like(self.gt_count)
+        gt_count = np.zeros(tuple(self.gt_count.shape), np.int64)
         for c in np.union1d(gt_cat, dt_cat):
             g_sel = np.flatnonzero(gt_cat == c)
             d_sel = np.flatnonzero(dt_cat == c)
             d_sel = d_sel[np.argsort(-dt_score[d_sel], kind="mergesort")][: self.max_dets[-1]]
-            matched_all, ignored_all = [], []
-            for a, (lo, hi) in enumerate(self.area_ranges):
-                g_ig = gt_crowd[g_sel] | (gt_avg[g_sel] < lo) | (gt_avg[g_sel] > hi)
-                order = np.argsort(g_ig, kind="mergesort")
-                g_sorted = g_sel[order]
-                d_out = (dt_avg[d_sel] < lo) | (dt_avg[d_sel] > hi)
-                matched, ignored = match_group(
-                    ious[np.ix_(d_sel, g_sorted)], g_ig[order], gt_crowd[g_sorted], d_out
-                )
-                matched_all.append(matched)
-                ignored_all.append(ignored)
-                gt_count[c, a] += int((~g_ig).sum())
+            gt_count[c] += (~gt_ignore_all[:, g_sel]).sum(axis=1)
             if len(d_sel) == 0:
                 continue
-            m = np.concatenate(matched_all, axis=0).T  # [D, A*T]
-            i = np.concatenate(ignored_all, axis=0).T
-            flags.append(torch.from_numpy(np.concatenate([m, i], axis=1).astype(np.uint8)))
-            metas.append(
-                torch.from_numpy(
-                    np.stack(
-                        [np.full(len(d_sel), c), np.full(len(d_sel), key), np.arange(len(d_sel))], axis=1
-                    ).astype(np.int64)
-                )
+            matched, ignored = match_group(
+                ious[np.ix_(d_sel, g_sel)], gt_ignore_all[:, g_sel], gt_crowd[g_sel], dt_out_all[:, d_sel]
             )
-            scores.append(torch.from_numpy(dt_score[d_sel].copy()))
+            m = matched.reshape(-1, len(d_sel)).T  # [D, A*T]
+            i = ignored.reshape(-1, len(d_sel)).T
+            flags.append(np.concatenate([m, i], axis=1))
+            metas.append(np.stack([np.full(len(d_sel), c), np.full(len(d_sel), key), np.arange(len(d_sel))], axis=1))
+            scores.append(dt_score[d_sel])
         if metas:
-            self.det_meta.append(torch.cat(metas))
-            self.det_score.append(torch.cat(scores))
-            self.det_flags.append(torch.cat(flags))
+            self.det_meta.append(torch.from_numpy(np.concatenate(metas).astype(np.int64)))
+            self.det_score.append(torch.from_numpy(np.concatenate(scores)))
+            self.det_flags.append(torch.from_numpy(np.concatenate(flags).astype(np.uint8)))
         self.video_keys.append(torch.tensor([key], dtype=torch.int64))
-        self.gt_count += gt_count.to(self.gt_count.device)
+        self.gt_count += torch.from_numpy(gt_count).to(self.gt_count.device)
 
     # ------------------------------------------------------------------------------------------ compute
     def _accumulate(self) -> tuple[np.ndarray, np.ndarray]:
@@ -236,22 +235,23 @@ class YTVISMeanAP(Metric):
                 cols = slice(a * num_t, (a + 1) * num_t)
                 for mi, max_det in enumerate(self.max_dets):
                     rows = sel[meta[sel, 2] < max_det]
-                    dtm = flags[rows, : self._n_flags][:, cols].T
+                    dtm = flags[rows, : self._n_flags][:, cols].T  # [T, nd]
                     dtig = flags[rows, self._n_flags :][:, cols].T
+                    nd = dtm.shape[1]
+                    if nd == 0:
+                        recall[:, k, a, mi] = 0
+                        precision[:, :, k, a, mi] = 0
+                        continue
                     tp_sum = np.cumsum(dtm & ~dtig, axis=1).astype(float)
                     fp_sum = np.cumsum(~dtm & ~dtig, axis=1).astype(float)
-                    nd = tp_sum.shape[1]
-                    for t in range(num_t):
-                        tp, fp = tp_sum[t], fp_sum[t]
-                        rc = tp / npig
-                        pr = tp / (fp + tp + np.spacing(1))
-                        recall[t, k, a, mi] = rc[-1] if nd else 0
-                        pr = np.maximum.accumulate(pr[::-1])[::-1]
-                        inds = np.searchsorted(rc, RECALL_THRESHOLDS, side="left")
-                        q = np.zeros(num_r)
-                        valid = inds < nd
-                        q[valid] = pr[inds[valid]]
-                        precision[t, :, k, a, mi] = q
+                    rc = tp_sum / npig
+                    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+                    recall[:, k, a, mi] = rc[:, -1]
+                    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+                    inds = np.stack([np.searchsorted(rc[t], RECALL_THRESHOLDS, side="left") for t in range(num_t)])
+                    valid = inds < nd
+                    q = np.where(valid, np.take_along_axis(pr, np.minimum(inds, nd - 1), axis=1), 0.0)
+                    precision[:, :, k, a, mi] = q
         return precision, recall
 
     @staticmethod
