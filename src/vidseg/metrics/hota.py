@@ -30,6 +30,7 @@ from vidseg.metrics._common import (
     cat_state,
     check_no_duplicate_videos,
     check_prediction,
+    grouped_rle_ious,
     gt_frame_rles,
     pair_videos,
     video_sort_key,
@@ -52,52 +53,86 @@ BURST_COMMON_IDS = frozenset(
 
 
 def hota_sequence(
-    gt_ids: Sequence[np.ndarray], tracker_ids: Sequence[np.ndarray], similarity: Sequence[np.ndarray]
+    num_steps: int,
+    gt_step: np.ndarray,
+    gt_id: np.ndarray,
+    tr_step: np.ndarray,
+    tr_id: np.ndarray,
+    pair_gt: np.ndarray,
+    pair_tr: np.ndarray,
+    similarity: np.ndarray,
 ) -> np.ndarray:
-    """TrackEval `HOTA.eval_sequence` for one (sequence, class): per timestep contiguous GT/tracker ids and
-    the similarity [G_t, P_t]. Returns float64 [4, 19]: TP, FN, FP, AssA (per alpha)."""
+    """TrackEval `HOTA.eval_sequence` for one (sequence, class) from flat tables.
+
+    gt_step/gt_id [Ng]: timestep and contiguous GT id of every GT detection (sorted by step); tr_step/tr_id
+    [Nt] the same for tracker detections; pair_gt/pair_tr/similarity [K]: every (GT det, tracker det)
+    pair of one timestep with its similarity, grouped by timestep, row-major (GT det, then tracker det)
+    inside a timestep. Returns float64 [4, 19]: TP, FN, FP, AssA (per alpha).
+    The potential-match accumulation is one bincount (in timestep order, as TrackEval adds); only the
+    per-timestep Hungarian matching loops."""
     out = np.zeros((4, len(ALPHAS)))
-    num_gt_dets = sum(len(g) for g in gt_ids)
-    num_tr_dets = sum(len(p) for p in tracker_ids)
-    if num_tr_dets == 0:
-        out[1] = num_gt_dets
+    if len(tr_step) == 0:
+        out[1] = len(gt_step)
         return out
-    if num_gt_dets == 0:
-        out[2] = num_tr_dets
+    if len(gt_step) == 0:
+        out[2] = len(tr_step)
         return out
-    num_g = int(max(g.max(initial=-1) for g in gt_ids)) + 1
-    num_p = int(max(p.max(initial=-1) for p in tracker_ids)) + 1
-    potential = np.zeros((num_g, num_p))
-    gt_count, tr_count = np.zeros((num_g, 1)), np.zeros((1, num_p))
-    for g, p, sim in zip(gt_ids, tracker_ids, similarity):
-        denom = sim.sum(0)[np.newaxis, :] + sim.sum(1)[:, np.newaxis] - sim
-        sim_iou = np.zeros_like(sim)
-        ok = denom > 0 + _EPS
-        sim_iou[ok] = sim[ok] / denom[ok]
-        potential[g[:, np.newaxis], p[np.newaxis, :]] += sim_iou
-        gt_count[g] += 1
-        tr_count[0, p] += 1
+    num_g, num_p = int(gt_id.max()) + 1, int(tr_id.max()) + 1
+    row_sum = np.bincount(pair_gt, weights=similarity, minlength=len(gt_step))
+    col_sum = np.bincount(pair_tr, weights=similarity, minlength=len(tr_step))
+    denom = col_sum[pair_tr] + row_sum[pair_gt] - similarity
+    ok = denom > 0 + _EPS
+    sim_iou = np.zeros_like(similarity)
+    sim_iou[ok] = similarity[ok] / denom[ok]
+    pair_key = gt_id[pair_gt] * num_p + tr_id[pair_tr]
+    potential = np.bincount(pair_key, weights=sim_iou, minlength=num_g * num_p).reshape(num_g, num_p)
+    gt_count = np.bincount(gt_id, minlength=num_g)[:, None].astype(np.float64)
+    tr_count = np.bincount(tr_id, minlength=num_p)[None, :].astype(np.float64)
     alignment = potential / (gt_count + tr_count - potential)
-    matches = np.zeros((len(ALPHAS), num_g, num_p))
-    for g, p, sim in zip(gt_ids, tracker_ids, similarity):
-        if len(g) == 0:
-            out[2] += len(p)
-            continue
-        if len(p) == 0:
-            out[1] += len(g)
-            continue
+    g_per_step = np.bincount(gt_step, minlength=num_steps)
+    p_per_step = np.bincount(tr_step, minlength=num_steps)
+    out[1] += g_per_step[p_per_step == 0].sum()  # timesteps without tracker detections: all GT missed
+    out[2] += p_per_step[g_per_step == 0].sum()  # without GT detections: all tracker detections false
+    g_start = np.concatenate([[0], np.cumsum(g_per_step)])
+    p_start = np.concatenate([[0], np.cumsum(p_per_step)])
+    pair_start = np.concatenate([[0], np.cumsum(g_per_step * p_per_step)])
+    both = np.flatnonzero((g_per_step > 0) & (p_per_step > 0))
+    m_g, m_p, m_sim = [], [], []  # the Hungarian matches of every timestep
+    for g0, p0, k0, ng, npr in zip(
+        g_start[both].tolist(), p_start[both].tolist(), pair_start[both].tolist(),
+        g_per_step[both].tolist(), p_per_step[both].tolist(),
+    ):  # fmt: skip
+        g, p = gt_id[g0 : g0 + ng], tr_id[p0 : p0 + npr]
+        sim = similarity[k0 : k0 + ng * npr].reshape(ng, npr)
         rows, cols = linear_sum_assignment(-(alignment[g[:, np.newaxis], p[np.newaxis, :]] * sim))
-        ok = sim[rows, cols][np.newaxis, :] >= ALPHAS[:, np.newaxis] - _EPS  # [A, M]
-        n_tp = ok.sum(axis=1)
-        out[0] += n_tp
-        out[1] += len(g) - n_tp
-        out[2] += len(p) - n_tp
-        a_idx, m_idx = np.nonzero(ok)
-        np.add.at(matches, (a_idx, g[rows[m_idx]], p[cols[m_idx]]), 1)
-    for a in range(len(ALPHAS)):
-        ass_a = matches[a] / np.maximum(1, gt_count + tr_count - matches[a])
-        out[3, a] = np.sum(matches[a] * ass_a) / np.maximum(1, out[0, a])
+        m_g.append(g[rows])
+        m_p.append(p[cols])
+        m_sim.append(sim[rows, cols])
+    empty = [np.zeros(0, np.int64)]
+    matched_g, matched_p = np.concatenate(m_g or empty), np.concatenate(m_p or empty)
+    matched = np.concatenate(m_sim or [np.zeros(0)])[np.newaxis, :] >= ALPHAS[:, np.newaxis] - _EPS  # [A, M]
+    n_tp = matched.sum(axis=1)
+    out[0] += n_tp
+    out[1] += g_per_step[both].sum() - n_tp
+    out[2] += p_per_step[both].sum() - n_tp
+    a_idx, m_idx = np.nonzero(matched)
+    flat = (a_idx * num_g + matched_g[m_idx]) * num_p + matched_p[m_idx]
+    matches = np.bincount(flat, minlength=len(ALPHAS) * num_g * num_p).reshape(len(ALPHAS), num_g, num_p)
+    ass_a = matches / np.maximum(1, gt_count[None] + tr_count[None] - matches)
+    out[3] = np.sum(matches * ass_a, axis=(1, 2)) / np.maximum(1, out[0])
     return out
+
+
+def box_ious(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """pycocotools `bbIou` (no crowd) of paired [K, 4] (x, y, w, h) boxes, with its operations and order."""
+    (ax, ay, aw, ah), (bx, by, bw, bh) = boxes_a.T, boxes_b.T
+    area_a, area_b = aw * ah, bw * bh
+    w = np.minimum(aw + ax, bw + bx) - np.maximum(ax, bx)
+    h = np.minimum(ah + ay, bh + by) - np.maximum(ay, by)
+    inter = w * h
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (area_a + area_b - inter)
+    return np.where((w > 0) & (h > 0), iou, 0.0)
 
 
 class BurstHOTA(Metric):
@@ -133,17 +168,27 @@ class BurstHOTA(Metric):
         self.add_state("present", default=torch.zeros(num_c, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("video_keys", default=[], dist_reduce_fx="cat")
 
-    def _similarity(self, gt_rles: list, pred_rles: list) -> np.ndarray:
-        """[G, P] IoU: of the masks, or (official BURST code) of the integer pixel boxes of the masks."""
-        if not gt_rles or not pred_rles:
-            return np.zeros((len(gt_rles), len(pred_rles)))
-        if self.similarity == "box":
-            gt_objs: Any = np.atleast_2d(mask_utils.toBbox(gt_rles).astype(int)).astype(float)
-            pred_objs: Any = np.atleast_2d(mask_utils.toBbox(pred_rles).astype(int)).astype(float)
-        else:
-            gt_objs, pred_objs = gt_rles, pred_rles
-        sim = np.asarray(mask_utils.iou(gt_objs, pred_objs, [0] * len(pred_rles)), dtype=np.float64)
-        return sim.reshape(len(gt_rles), len(pred_rles))
+    def _pair_similarity(
+        self, g_rles: list, g_group: np.ndarray, p_rles: list, p_group: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(GT det, tracker det, IoU) of every pair in the same (timestep, class) group, sorted by group and
+        row-major inside it: of the masks, or (official BURST code) of the integer pixel boxes of the masks."""
+        if self.similarity == "mask":
+            return grouped_rle_ious(g_rles, g_group, p_rles, p_group)
+        g_order, p_order = np.argsort(g_group, kind="stable"), np.argsort(p_group, kind="stable")
+        g_sorted, p_sorted = g_group[g_order], p_group[p_order]
+        groups = np.intersect1d(g_sorted, p_sorted)
+        g_lo, g_hi = np.searchsorted(g_sorted, groups), np.searchsorted(g_sorted, groups, "right")
+        p_lo, p_hi = np.searchsorted(p_sorted, groups), np.searchsorted(p_sorted, groups, "right")
+        pairs_g = [np.repeat(g_order[a:b], d - c) for a, b, c, d in zip(g_lo, g_hi, p_lo, p_hi)]
+        pairs_p = [np.tile(p_order[c:d], b - a) for a, b, c, d in zip(g_lo, g_hi, p_lo, p_hi)]
+        pair_g = np.concatenate(pairs_g) if pairs_g else np.zeros(0, np.int64)
+        pair_p = np.concatenate(pairs_p) if pairs_p else np.zeros(0, np.int64)
+        if len(pair_g) == 0:
+            return pair_g, pair_p, np.zeros(0)
+        g_box = np.atleast_2d(mask_utils.toBbox(g_rles).astype(int)).astype(float)
+        p_box = np.atleast_2d(mask_utils.toBbox(p_rles).astype(int)).astype(float)
+        return pair_g, pair_p, box_ious(g_box[pair_g], p_box[pair_p])
 
     def _gt_category(self, gt: VideoRecord, tid: int) -> int | None:
         """Merged category of a GT track; None for distractors."""
@@ -187,27 +232,50 @@ class BurstHOTA(Metric):
                 kept_preds.append(trk)
         stats = torch.zeros_like(self.stats, device="cpu")
         present = torch.zeros_like(self.present, device="cpu")
-        for cat in sorted({gt_cat[t] for t in gt_with_masks}):
-            gt_tracks = sorted(t for t in gt_with_masks if gt_cat[t] == cat)
-            preds_c = [trk for trk in kept_preds if gt_cat[trk.track_id] == cat]
-            gt_index = {t: i for i, t in enumerate(gt_tracks)}
-            pred_index = {trk.track_id: i for i, trk in enumerate(sorted(preds_c, key=lambda x: x.track_id))}
-            gt_ids, tr_ids, sims = [], [], []
-            for frame, rles in steps:
-                g_tids = [t for t in rles if gt_cat[t] == cat]
-                present_preds = [trk for trk in kept_preds if trk.masks[frame] is not None]
-                if len(present_preds) > self.max_detections:
-                    present_preds = sorted(present_preds, key=lambda x: x.score, reverse=True)
-                    present_preds = present_preds[: self.max_detections]
-                p_trks = [trk for trk in present_preds if trk.track_id in pred_index]
-                g_rles = [rles[t] for t in g_tids]
-                p_rles = [trk.masks[frame] for trk in p_trks]
-                sim = self._similarity(g_rles, p_rles)
-                gt_ids.append(np.array([gt_index[t] for t in g_tids], dtype=np.int64))
-                tr_ids.append(np.array([pred_index[trk.track_id] for trk in p_trks], dtype=np.int64))
-                sims.append(sim)
-            k = self._cat_index[cat]
-            res = hota_sequence(gt_ids, tr_ids, sims)
+        classes = sorted({gt_cat[t] for t in gt_with_masks})
+        cls_of = {c: i for i, c in enumerate(classes)}
+        gt_index = {t: i for i, t in enumerate(sorted(gt_with_masks))}  # per class: ranks among its tracks
+        pred_index = {trk.track_id: 0 for trk in kept_preds}
+        for c in classes:
+            for i, t in enumerate(sorted(t for t in gt_with_masks if gt_cat[t] == c)):
+                gt_index[t] = i
+            for i, tid in enumerate(sorted(x.track_id for x in kept_preds if gt_cat[x.track_id] == c)):
+                pred_index[tid] = i
+        # flat detection tables over all timesteps and classes, grouped by (timestep, class)
+        g_rles, g_group, g_id, p_rles, p_group, p_id = [], [], [], [], [], []
+        num_c = len(classes)
+        for step, (frame, rles) in enumerate(steps):
+            for tid, rle in rles.items():
+                g_rles.append(rle)
+                g_group.append(step * num_c + cls_of[gt_cat[tid]])
+                g_id.append(gt_index[tid])
+            present_preds = [trk for trk in kept_preds if trk.masks[frame] is not None]
+            if len(present_preds) > self.max_detections:
+                present_preds = sorted(present_preds, key=lambda x: x.score, reverse=True)[: self.max_detections]
+            for trk in present_preds:
+                p_rles.append(trk.masks[frame])
+                p_group.append(step * num_c + cls_of[gt_cat[trk.track_id]])
+                p_id.append(pred_index[trk.track_id])
+        g_group_a, p_group_a = np.asarray(g_group, np.int64), np.asarray(p_group, np.int64)
+        g_id_a, p_id_a = np.asarray(g_id, np.int64), np.asarray(p_id, np.int64)
+        pair_g, pair_p, sim = self._pair_similarity(g_rles, g_group_a, p_rles, p_group_a)
+        # stable sorts by group keep the detections' order inside a (timestep, class)
+        g_order, p_order = np.argsort(g_group_a, kind="stable"), np.argsort(p_group_a, kind="stable")
+        g_rank, p_rank = np.empty_like(g_order), np.empty_like(p_order)
+        g_rank[g_order], p_rank[p_order] = np.arange(len(g_order)), np.arange(len(p_order))
+        pair_cls = g_group_a[pair_g] % max(num_c, 1)
+        for c in classes:
+            ci = cls_of[c]
+            g_sel = g_order[g_group_a[g_order] % num_c == ci]
+            p_sel = p_order[p_group_a[p_order] % num_c == ci]
+            g_local, p_local = np.full(len(g_rles), -1), np.full(len(p_rles), -1)
+            g_local[g_sel], p_local[p_sel] = np.arange(len(g_sel)), np.arange(len(p_sel))
+            on = pair_cls == ci
+            res = hota_sequence(
+                len(steps), g_group_a[g_sel] // num_c, g_id_a[g_sel], p_group_a[p_sel] // num_c, p_id_a[p_sel],
+                g_local[pair_g[on]], p_local[pair_p[on]], sim[on],
+            )  # fmt: skip
+            k = self._cat_index[c]
             stats[k, :3] += torch.from_numpy(res[:3])
             stats[k, 3] += torch.from_numpy(res[3] * res[0])  # AssA * TP: what combines over videos
             present[k] += 1
