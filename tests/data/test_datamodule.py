@@ -3,6 +3,7 @@ from the trainer, forwards epochs to the clip datasets; validation videos are sh
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -63,6 +64,8 @@ def test_rank_and_world_come_from_the_trainer_and_epochs_reach_the_clip_datasets
     assert all(i % 2 == 1 for i in sampler.indices_of(0))
     sampler.sampler.set_epoch(3)  # what Lightning calls each epoch
     assert loader.dataset.datasets[0].epoch == 3
+    collate = pickle.loads(pickle.dumps(loader.collate_fn))  # spawn/forkserver workers receive it pickled
+    assert collate.tasks == {"syn_davis": "vos"}
 
 
 def test_validation_videos_are_sharded_over_ranks() -> None:

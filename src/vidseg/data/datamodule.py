@@ -86,6 +86,17 @@ class RankShard(Sampler[int]):
         return iter(self.indices)
 
 
+class CollateByDataset:
+    """Collate a micro-batch (all from one dataset) as a Batch of that dataset's task; picklable, so it also
+    works with the spawn/forkserver worker start methods."""
+
+    def __init__(self, tasks: Mapping[str, str]) -> None:
+        self.tasks = dict(tasks)
+
+    def __call__(self, samples: list[ClipSample]) -> Batch:
+        return collate_clips(samples, self.tasks[samples[0].dataset])
+
+
 def _first(items: list[EvalVideo]) -> EvalVideo:
     return items[0]
 
@@ -209,11 +220,7 @@ class VidsegDataModule(pl.LightningDataModule):
         # the epoch Lightning is in (restored with the checkpoint); workers may prefetch before `set_epoch`
         self.batch_sampler.set_epoch(int(self._trainer_attr("current_epoch", self.batch_sampler.epoch)))
         set_clip_epoch(self.batch_sampler.epoch)
-        tasks = {n: self.task_of(n) for n in names}
-
-        def collate(samples: list[ClipSample]) -> Batch:
-            return collate_clips(samples, tasks[samples[0].dataset])
-
+        collate = CollateByDataset({n: self.task_of(n) for n in names})
         return DataLoader(
             concat, batch_sampler=self.batch_sampler, num_workers=self.num_workers, collate_fn=collate,
             persistent_workers=self.num_workers > 0,
