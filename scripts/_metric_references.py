@@ -255,20 +255,21 @@ def ytvis_video(rng: np.random.Generator, vid: int, h: int, w: int, n: int, n_ob
 
 def davis_video(rng: np.random.Generator, vid: str, h: int, w: int, n: int, n_obj: int = 5):
     """(VideoRecord whose annotations decode to precomputed FrameLabels, VideoPrediction with one track per
-    object, ids 1..n_obj): objects are painted in order (later ones occlude), every object is visible in
-    the first frame; predictions are shifted/eroded, with identity swaps and dropped frames."""
+    object, ids 1..n_obj, GT label maps): objects are painted in order (later ones occlude), every object is
+    visible in the first two frames; predictions are shifted/eroded, with identity swaps and dropped frames."""
     objects = _moving_objects(rng, n_obj, h, w, n, absent=0.05)
     for k, frames in enumerate(objects):
-        if frames[0] is None:
-            frames[0] = next((m for m in frames if m is not None), _place(np.ones((5, 5), bool), 10 * k, 10, h, w))
+        for t in (0, 1):
+            if frames[t] is None:
+                frames[t] = next((m for m in frames if m is not None), _place(np.ones((5, 5), bool), 10 * k, 10, h, w))
     maps = []
     for t in range(n):
         lab = np.zeros((h, w), np.uint8)
         for k in range(n_obj):
             if objects[k][t] is not None:
                 lab[objects[k][t]] = k + 1
-        if t == 0:
-            for k in range(n_obj):  # an occluded object still needs a pixel in the first frame
+        if t < 2:  # vos-benchmark counts an object from the first frame it sees it in: all visible in 0 and 1
+            for k in range(n_obj):
                 if not (lab == k + 1).any():
                     lab[5 * k, 0] = k + 1
         maps.append(lab)

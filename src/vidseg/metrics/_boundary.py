@@ -199,3 +199,49 @@ def davis_statistics(values: np.ndarray) -> tuple[float, float, float]:
     bins = [values[ids[i] : ids[i + 1] + 1] for i in range(n_bins)]
     decay = float(np.nanmean(bins[0]) - np.nanmean(bins[3]))
     return mean, recall, decay
+
+
+def crop_boundary(seg: np.ndarray, at_bottom: bool, at_right: bool) -> np.ndarray:
+    """DAVIS `_seg2bmap` of a bool mask crop, for a crop whose outside holds no mask pixel: right / lower /
+    lower-right neighbours outside the crop are empty, except at the frame's own last row / column
+    (`at_bottom` / `at_right`), where DAVIS' edge rules apply (last row: right neighbour only; last column:
+    lower neighbour only; bottom-right corner never)."""
+    h, w = seg.shape
+    padded = np.zeros((h + 1, w + 1), dtype=bool)
+    padded[:h, :w] = seg
+    b = seg != padded[:h, 1:]
+    b |= seg != padded[1:, :w]
+    b |= seg != padded[1:, 1:]
+    if at_bottom:
+        b[-1, :] = seg[-1, :] != padded[h - 1, 1:]
+    if at_right:
+        b[:, -1] = seg[:, -1] != padded[1:, w - 1]
+    if at_bottom and at_right:
+        b[-1, -1] = False
+    return b
+
+
+def _dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    if cv2 is not None:
+        return cv2.dilate(mask.view(np.uint8), footprint).view(bool)
+    return ndimage.binary_dilation(mask, structure=footprint.astype(bool))
+
+
+def crop_j_and_f(
+    gt_mask: np.ndarray, pred_mask: np.ndarray, at_bottom: bool, at_right: bool, footprint: np.ndarray
+) -> tuple[float, float]:
+    """DAVIS J and F of one object from bool crops holding all of its GT and predicted pixels plus a
+    1-pixel margin (where the frame allows): J = |P & G| / |P | G| (1 if both are empty); F from the crop
+    boundaries, each dilated by `footprint` inside the crop (every boundary pixel is in the crop, so the
+    counts equal a full-frame dilation's)."""
+    inter = int(np.count_nonzero(gt_mask & pred_mask))
+    union = int(np.count_nonzero(gt_mask)) + int(np.count_nonzero(pred_mask)) - inter
+    j = 1.0 if union == 0 else inter / union
+    b_gt = crop_boundary(gt_mask, at_bottom, at_right)
+    b_pred = crop_boundary(pred_mask, at_bottom, at_right)
+    n_gt, n_fg = int(np.count_nonzero(b_gt)), int(np.count_nonzero(b_pred))
+    fg_hits = gt_hits = 0
+    if n_gt and n_fg:
+        fg_hits = int(np.count_nonzero(b_pred & _dilate(b_gt, footprint)))
+        gt_hits = int(np.count_nonzero(b_gt & _dilate(b_pred, footprint)))
+    return j, f_measure(n_fg, n_gt, fg_hits, gt_hits)
