@@ -224,11 +224,13 @@ class VidsegModule(pl.LightningModule):
         gt = self.val_records[name].videos[video.index]
         pred = task.predict_video(self.model, video, gt, name)
         self.metrics[name].update(pred, gt)
-        if batch_idx < self.media_videos and self._trainer is not None and self.trainer.is_global_zero:
+        if (batch_idx < self.media_videos and self._trainer is not None and self.trainer.is_global_zero
+                and self.trainer.loggers):
             self._log_media(self.dataset_tasks[name], name, video, pred)
 
     def _log_media(self, task_name: str, dataset: str, video: Any, pred: Any) -> None:
-        """Overlay of one validation video for the loggers (`val_media/<task>/<dataset>/<video>`)."""
+        """Overlay of one validation video for the loggers (`val_media/<task>/<dataset>/<video>`); the PNG/GIF
+        files go to <trainer root dir>/media (the run dir with the project's trainer config)."""
         from pathlib import Path
 
         from vidseg.utils.media import log_overlays, overlay_video
