@@ -72,6 +72,8 @@ class VPSTask(VISTask):
                 per_clip.append(semantic_ce_loss(sem[b], target, self.semantic_points))
             total = total + torch.stack(per_clip).mean()
         losses["semantic"] = self.semantic_weight * total
+        if self.gvseg.contrastive:
+            losses["contrastive"] = self.contrastive_loss(model, feats, queries, batch)
         if self.gvseg.task_init and self.training:
             self.prototypes.update(batch.dataset, feats, batch)
         return losses
