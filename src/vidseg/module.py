@@ -160,6 +160,9 @@ class VidsegModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vidseg"] = {"skipped_steps": self.skipped_steps}
+        config = getattr(self, "run_config", None)
+        if config is not None:  # evaluate/predict rebuild the model and tasks from it (plain types only)
+            checkpoint["vidseg_config"] = config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("vidseg", {}).get("skipped_steps", 0))

@@ -66,7 +66,17 @@ def build_module(cfg: DictConfig, datamodule: VidsegDataModule) -> VidsegModule:
         media_max_frames=int(media.get("max_frames", 16)),
     )
     module.attach_val({n: datamodule.val_records[n] for n in datamodule.val_names()})
+    module.run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False) if _resolvable(cfg) else None
     return module
+
+
+def _resolvable(cfg: DictConfig) -> bool:
+    """True when every interpolation of `cfg` resolves (outside a Hydra run `${hydra:...}` may not)."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+        return True
+    except Exception:  # omegaconf raises several error types for unresolved interpolations
+        return False
 
 
 def accumulation_for(global_batch: int | None, batch_size: int, world_size: int, configured: int = 1) -> int:
