@@ -6,6 +6,7 @@ ground-truth input checks and uncompressed COCO RLE (the released YouTube-VIS en
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,19 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from vidseg.data.formats.common import davis_palette, encode_rle, read_png, require_dir, write_index_png
+from vidseg.data.formats.common import (
+    davis_palette,
+    encode_rle,
+    read_png,
+    require_dir,
+    sorted_frame_files,
+    write_index_png,
+)
 from vidseg.data.records import (
     RLE,
     AnnotationFormatError,
     CorruptMediaError,
+    DatasetRecord,
     FrameLabels,
     GroundTruthVideo,
     MissingFileError,
@@ -54,6 +63,31 @@ def image_size(path: Path) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def jpeg_frames(frames_dir: Path, what: str, listed_in: Path) -> tuple[list[Path], list[str]]:
+    """(sorted JPEG frame files, their stems) of one video folder, which must hold some; `what` names the
+    video in errors (e.g. "sequence 'bear'"), `listed_in` is the file that lists it."""
+    if not frames_dir.is_dir():
+        raise MissingFileError(f"{frames_dir}: frame folder of {what} (listed in {listed_in}) is missing")
+    frame_files = sorted_frame_files(frames_dir, (".jpg", ".jpeg"))
+    if not frame_files:
+        raise MissingFileError(f"{frames_dir}: {what} has no JPEG frames")
+    return frame_files, [p.stem for p in frame_files]
+
+
+def annotation_pngs(ann_dir: Path, what: str, listed_in: Path) -> list[Path]:
+    """Sorted `*.png` files of one video's annotation folder (which must exist); `what` as in jpeg_frames."""
+    if not ann_dir.is_dir():
+        raise MissingFileError(f"{ann_dir}: annotation folder of {what} (listed in {listed_in}) is missing")
+    return sorted(p for p in ann_dir.iterdir() if p.suffix.lower() == ".png")
+
+
+def png_frame(png: Path, index: dict[str, int], frames_dir: Path) -> int:
+    """Frame index of an annotation PNG (by stem); a PNG naming no frame is an error."""
+    if png.stem not in index:
+        raise AnnotationFormatError(f"{png}: annotation of frame {png.stem!r}, which has no JPEG in {frames_dir}")
+    return index[png.stem]
+
+
 def check_png_header(path: Path, size: tuple[int, int]) -> None:
     """Cheap check of an indexed PNG (header only): single-channel 8-bit mode and the video's (H, W)."""
     if not Path(path).is_file():
@@ -66,13 +100,9 @@ def check_png_header(path: Path, size: tuple[int, int]) -> None:
     if fmt != "PNG":
         raise CorruptMediaError(f"{path}: not a PNG file (format {fmt})")
     if mode not in ("P", "L"):
-        raise CorruptMediaError(
-            f"{path}: expected an indexed (palette 'P' or grayscale 'L') PNG, got mode {mode}"
-        )
+        raise CorruptMediaError(f"{path}: expected an indexed (palette 'P' or grayscale 'L') PNG, got mode {mode}")
     if (h, w) != tuple(size):
-        raise CorruptMediaError(
-            f"{path}: PNG size {h}x{w} (HxW) does not match the video's {size[0]}x{size[1]}"
-        )
+        raise CorruptMediaError(f"{path}: PNG size {h}x{w} (HxW) does not match the video's {size[0]}x{size[1]}")
 
 
 def read_index_png(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -146,9 +176,7 @@ def check_gt_video(video: GroundTruthVideo, categories: set[int] | None = None) 
     h, w = video.height, video.width
     for t, (frame, imap) in enumerate(zip(video.frames, video.instance_maps)):
         if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
-            raise ValueError(
-                f"{where}: frame {t} must be uint8 [{h}, {w}, 3], got {frame.dtype} {frame.shape}"
-            )
+            raise ValueError(f"{where}: frame {t} must be uint8 [{h}, {w}, 3], got {frame.dtype} {frame.shape}")
         if imap.shape != (h, w):
             raise ValueError(f"{where}: instance map {t} has shape {imap.shape}, expected ({h}, {w})")
     ids = sorted({int(k) for imap in video.instance_maps for k in np.unique(imap) if k != 0})
@@ -160,9 +188,7 @@ def check_gt_video(video: GroundTruthVideo, categories: set[int] | None = None) 
     if categories is not None:
         for k in ids:
             if video.track_categories[k] not in categories:
-                raise ValueError(
-                    f"{where}: track {k} has category {video.track_categories[k]} not in categories"
-                )
+                raise ValueError(f"{where}: track {k} has category {video.track_categories[k]} not in categories")
     return ids
 
 
@@ -205,6 +231,23 @@ def video_lookup(dataset_videos: list[VideoRecord]) -> dict[str, VideoRecord]:
     return {v.video_id: v for v in dataset_videos}
 
 
+def write_index_result_folders(
+    folder: Path,
+    predictions: list[VideoPrediction],
+    dataset: DatasetRecord,
+    noun: str,
+    allowed: Callable[[VideoRecord], set[int]],
+) -> None:
+    """write_index_results into `<folder>/<video_id>` for every prediction; a prediction for a video that is
+    not in `dataset` is an error calling it "not a <noun> of <name>/<split>"."""
+    videos = video_lookup(dataset.videos)
+    for pred in predictions:
+        if pred.video_id not in videos:
+            raise ValueError(f"prediction for video {pred.video_id!r}: not a {noun} of {dataset.name}/{dataset.split}")
+        video = videos[pred.video_id]
+        write_index_results(folder / video.video_id, pred, video, allowed(video))
+
+
 def write_index_results(folder: Path, pred: VideoPrediction, video: VideoRecord, allowed: set[int]) -> None:
     """Write `<folder>/<frame>.png` for every frame of `video` from `pred.instance_map(t)` (palette PNG)."""
     where = f"prediction for video {pred.video_id!r}"
@@ -216,9 +259,7 @@ def write_index_results(folder: Path, pred: VideoPrediction, video: VideoRecord,
                 f"{where}: track id {trk.track_id} is not an object of the video (allowed {sorted(allowed)})"
             )
         if len(trk.masks) != video.num_frames:
-            raise ValueError(
-                f"{where}: track {trk.track_id} has {len(trk.masks)} masks for {video.num_frames} frames"
-            )
+            raise ValueError(f"{where}: track {trk.track_id} has {len(trk.masks)} masks for {video.num_frames} frames")
     palette = davis_palette()
     for t, name in enumerate(video.frames.names):
         write_index_png(Path(folder) / f"{name}.png", pred.instance_map(t), palette)
@@ -232,9 +273,7 @@ def read_index_results(folder: Path, video: VideoRecord, allowed: set[int]) -> V
     for name in video.frames.names:
         path = Path(folder) / f"{name}.png"
         if not path.is_file():
-            raise MissingFileError(
-                f"{path}: result PNG of frame {name!r} of video {video.video_id!r} is missing"
-            )
+            raise MissingFileError(f"{path}: result PNG of frame {name!r} of video {video.video_id!r} is missing")
         arr = read_index_png(path, size)
         check_ids(path, [k for k in np.unique(arr).tolist() if k != 0], None, frozenset(allowed))
         maps.append(arr)

@@ -18,21 +18,21 @@ from vidseg.data.formats._vos_common import (
     JPEG_QUALITY,
     VOID_VALUE,
     IndexPngDecoder,
+    annotation_pngs,
     check_gt_video,
     check_ids,
     image_size,
+    jpeg_frames,
     object_ids,
+    png_frame,
     read_index_png,
     read_index_results,
     save_jpeg,
-    video_lookup,
-    write_index_results,
+    write_index_result_folders,
 )
 from vidseg.data.formats.common import (
     check_unique,
-    require_dir,
     require_file,
-    sorted_frame_files,
     write_index_png,
 )
 from vidseg.data.records import (
@@ -43,7 +43,6 @@ from vidseg.data.records import (
     FrameAnnotation,
     FrameSource,
     GroundTruthVideo,
-    MissingFileError,
     Prompt,
     TrackInfo,
     VideoPrediction,
@@ -55,9 +54,7 @@ RESOLUTIONS = ("480p", "Full-Resolution")
 
 
 def _sequence_list(root: Path, split: str, year: str) -> tuple[Path, list[str]]:
-    path = require_file(
-        root / "ImageSets" / year / f"{split}.txt", f"DAVIS ImageSets list of split {split!r}"
-    )
+    path = require_file(root / "ImageSets" / year / f"{split}.txt", f"DAVIS ImageSets list of split {split!r}")
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
         raise AnnotationFormatError(f"{path}: lists no sequence")
@@ -65,31 +62,16 @@ def _sequence_list(root: Path, split: str, year: str) -> tuple[Path, list[str]]:
     return path, names
 
 
-def _read_sequence(
-    root: Path, seq: str, listed_in: Path, resolution: str, annotations_dir: str
-) -> VideoRecord:
+def _read_sequence(root: Path, seq: str, listed_in: Path, resolution: str, annotations_dir: str) -> VideoRecord:
     frames_dir = root / "JPEGImages" / resolution / seq
-    if not frames_dir.is_dir():
-        raise MissingFileError(
-            f"{frames_dir}: frame folder of sequence {seq!r} (listed in {listed_in}) is missing"
-        )
-    frame_files = sorted_frame_files(frames_dir, (".jpg", ".jpeg"))
-    if not frame_files:
-        raise MissingFileError(f"{frames_dir}: sequence {seq!r} has no JPEG frames")
-    names = [p.stem for p in frame_files]
+    frame_files, names = jpeg_frames(frames_dir, f"sequence {seq!r}", listed_in)
     index = {n: i for i, n in enumerate(names)}
     height, width = image_size(frame_files[0])
 
     ann_dir = root / annotations_dir / resolution / seq
-    if not ann_dir.is_dir():
-        raise MissingFileError(
-            f"{ann_dir}: annotation folder of sequence {seq!r} (listed in {listed_in}) is missing"
-        )
-    pngs = sorted(p for p in require_dir(ann_dir).iterdir() if p.suffix.lower() == ".png")
+    pngs = annotation_pngs(ann_dir, f"sequence {seq!r}", listed_in)
     if not pngs:
-        raise AnnotationFormatError(
-            f"{ann_dir}: sequence {seq!r} has no annotation PNG (the first frame is needed)"
-        )
+        raise AnnotationFormatError(f"{ann_dir}: sequence {seq!r} has no annotation PNG (the first frame is needed)")
     if 1 < len(pngs) < len(frame_files):
         have = {p.stem for p in pngs}
         missing = next(n for n in names if n not in have)
@@ -101,17 +83,13 @@ def _read_sequence(
     annotations: list[FrameAnnotation] = []
     first_seen: dict[int, int] = {}
     for i, png in enumerate(pngs):
-        if png.stem not in index:
-            raise AnnotationFormatError(
-                f"{png}: annotation of frame {png.stem!r}, which has no JPEG in {frames_dir}"
-            )
+        frame = png_frame(png, index, frames_dir)
         ids = object_ids(read_index_png(png, (height, width)))
         if i == 0:
             num_objects = max(ids, default=0)
             if num_objects == 0:
                 raise AnnotationFormatError(f"{png}: the first annotation frame of {seq!r} holds no object")
         check_ids(png, ids, num_objects, None)
-        frame = index[png.stem]
         for k in ids:
             first_seen.setdefault(k, frame)
         annotations.append(FrameAnnotation(frame=frame, label_map=png, track_ids=frozenset(ids)))
@@ -151,9 +129,7 @@ def read(
     listed_in, seqs = _sequence_list(root, split, year)
     videos = [_read_sequence(root, s, listed_in, resolution, annotations_dir) for s in seqs]
     meta = {"resolution": resolution, "year": year, "image_set": str(listed_in)}
-    return DatasetRecord(
-        name=name, format=FORMAT, split=split, root=root, categories=[], videos=videos, meta=meta
-    )
+    return DatasetRecord(name=name, format=FORMAT, split=split, root=root, categories=[], videos=videos, meta=meta)
 
 
 def write_ground_truth(
@@ -200,21 +176,16 @@ def write_ground_truth(
     return image_set
 
 
-def write_results(
-    out: str | Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any
-) -> Path:
+def _object_ids(video: VideoRecord) -> set[int]:
+    """Object ids 1..N of a read DAVIS sequence."""
+    return set(range(1, int(video.meta["num_objects"]) + 1))
+
+
+def write_results(out: str | Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any) -> Path:
     """Write `<out>/<seq>/<frame>.png` (DAVIS palette, values 0..N) for every frame of every predicted
     sequence, from `VideoPrediction.instance_map(t)` (higher score wins overlaps). Returns `out`."""
     out = Path(out)
-    videos = video_lookup(dataset.videos)
-    for pred in predictions:
-        if pred.video_id not in videos:
-            raise ValueError(
-                f"prediction for video {pred.video_id!r}: not a sequence of {dataset.name}/{dataset.split}"
-            )
-        video = videos[pred.video_id]
-        allowed = set(range(1, int(video.meta["num_objects"]) + 1))
-        write_index_results(out / video.video_id, pred, video, allowed)
+    write_index_result_folders(out, predictions, dataset, "sequence", _object_ids)
     return out
 
 
@@ -222,7 +193,4 @@ def read_results(path: str | Path, dataset: DatasetRecord) -> list[VideoPredicti
     """Read `<path>/<seq>/<frame>.png` for every sequence and frame of `dataset`; one TrackPrediction per
     object id present (score 1, no class). Ids above the sequence's N are errors naming the file."""
     path = Path(path)
-    return [
-        read_index_results(path / v.video_id, v, set(range(1, int(v.meta["num_objects"]) + 1)))
-        for v in dataset.videos
-    ]
+    return [read_index_results(path / v.video_id, v, _object_ids(v)) for v in dataset.videos]

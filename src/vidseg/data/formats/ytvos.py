@@ -23,23 +23,24 @@ from vidseg.data.formats._vos_common import (
     JPEG_QUALITY,
     VOID_VALUE,
     IndexPngDecoder,
+    annotation_pngs,
     check_gt_video,
     check_ids,
     check_png_header,
     first_appearance,
     image_size,
+    jpeg_frames,
     object_ids,
+    png_frame,
     read_index_png,
     read_index_results,
     save_jpeg,
-    video_lookup,
-    write_index_results,
+    write_index_result_folders,
 )
 from vidseg.data.formats.common import (
     check_unique,
     load_json,
     require_key,
-    sorted_frame_files,
     write_index_png,
     write_json_atomic,
 )
@@ -50,7 +51,6 @@ from vidseg.data.records import (
     FrameAnnotation,
     FrameSource,
     GroundTruthVideo,
-    MissingFileError,
     Prompt,
     TrackInfo,
     VideoPrediction,
@@ -74,9 +74,7 @@ def _parse_objects(vid: str, entry: Any, meta_path: Path, frame_names: set[str])
         frames = require_key(obj, "frames", w, (list,))
         for f in frames:
             if not isinstance(f, str) or f not in frame_names:
-                raise AnnotationFormatError(
-                    f"{w}: listed frame {f!r} has no JPEG in the video's frame folder"
-                )
+                raise AnnotationFormatError(f"{w}: listed frame {f!r} has no JPEG in the video's frame folder")
         category = obj.get("category")
         if category is not None and not isinstance(category, str):
             raise AnnotationFormatError(f"{w}: field 'category' must be str")
@@ -95,27 +93,15 @@ def _read_video(
     cat_ids: dict[str, int],
 ) -> VideoRecord:
     fdir = split_dir / frames_dir / vid
-    if not fdir.is_dir():
-        raise MissingFileError(f"{fdir}: frame folder of video {vid!r} (listed in {meta_path}) is missing")
-    frame_files = sorted_frame_files(fdir, (".jpg", ".jpeg"))
-    if not frame_files:
-        raise MissingFileError(f"{fdir}: video {vid!r} has no JPEG frames")
-    names = [p.stem for p in frame_files]
+    frame_files, names = jpeg_frames(fdir, f"video {vid!r}", meta_path)
     index = {n: i for i, n in enumerate(names)}
     objects = _parse_objects(vid, entry, meta_path, set(names))
     height, width = image_size(frame_files[0])
 
     adir = split_dir / "Annotations" / vid
-    if not adir.is_dir():
-        raise MissingFileError(
-            f"{adir}: annotation folder of video {vid!r} (listed in {meta_path}) is missing"
-        )
-    pngs = sorted(p for p in adir.iterdir() if p.suffix.lower() == ".png")
+    pngs = annotation_pngs(adir, f"video {vid!r}", meta_path)
     for png in pngs:
-        if png.stem not in index:
-            raise AnnotationFormatError(
-                f"{png}: annotation of frame {png.stem!r}, which has no JPEG in {fdir}"
-            )
+        png_frame(png, index, fdir)
         if check_pngs:
             check_png_header(png, (height, width))
     png_frames = {index[p.stem] for p in pngs}
@@ -244,20 +230,11 @@ def _results_dir(out: Path) -> Path:
     return out if out.name == "Annotations" else out / "Annotations"
 
 
-def write_results(
-    out: str | Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any
-) -> Path:
+def write_results(out: str | Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any) -> Path:
     """Write the submission folder `<out>/Annotations/<vid>/<frame>.png` (palette, object ids of the video)
     for every frame of every predicted video. Returns the `Annotations` folder (zip it to submit)."""
     folder = _results_dir(Path(out))
-    videos = video_lookup(dataset.videos)
-    for pred in predictions:
-        if pred.video_id not in videos:
-            raise ValueError(
-                f"prediction for video {pred.video_id!r}: not a video of {dataset.name}/{dataset.split}"
-            )
-        video = videos[pred.video_id]
-        write_index_results(folder / video.video_id, pred, video, set(video.tracks))
+    write_index_result_folders(folder, predictions, dataset, "video", lambda video: set(video.tracks))
     return folder
 
 
