@@ -14,6 +14,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+try:  # opencv is optional (dev extra): a faster 2-D histogram when present
+    import cv2
+except ImportError:  # pragma: no cover - exercised only without opencv
+    cv2 = None
+
 from vidseg.data.formats.vps_common import prediction_frames, prediction_panoptic_maps
 from vidseg.data.records import (
     IGNORE_LABEL,
@@ -111,14 +116,50 @@ def id_range(values: np.ndarray) -> int | None:
     return top + 1
 
 
-def raw_pair_histogram(a: np.ndarray, b: np.ndarray, limit: int = 1 << 20) -> np.ndarray | None:
+class Scratch:
+    """Work arrays reused from frame to frame, by name: a fresh multi-megabyte temporary per frame costs page
+    faults (the allocator hands large blocks back to the OS), often more than the arithmetic itself."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type | np.dtype, order: str = "C") -> np.ndarray:
+        arr = self._arrays.get(name)
+        if arr is None or arr.shape != shape or arr.dtype != np.dtype(dtype) or not arr.flags[f"{order}_CONTIGUOUS"]:
+            arr = np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+            self._arrays[name] = arr
+        return arr
+
+
+def raw_pair_histogram(
+    a: np.ndarray, b: np.ndarray, limit: int = 1 << 20, scratch: Scratch | None = None
+) -> np.ndarray | None:
     """Counts [Ra, Rb] of the (a, b) value pairs of two equally shaped non-negative int maps (Ra, Rb = 1 +
-    max): one bincount over a * Rb + b. None when a map is not a non-negative int map or Ra * Rb > limit."""
+    max). None when a map is not a non-negative int map or Ra * Rb > limit."""
     ra, rb = id_range(a), id_range(b)
     if ra is None or rb is None or ra * rb > limit:
         return None
-    cell = np.multiply(a, rb, dtype=np.int32 if ra * rb < 2**31 else np.int64, casting="unsafe")
-    np.add(cell, b, out=cell, casting="unsafe")  # values are bounded by the range check
+    return pair_histogram(a, b, ra, rb, scratch or Scratch())
+
+
+def pair_histogram(a: np.ndarray, b: np.ndarray, ra: int, rb: int, scratch: Scratch) -> np.ndarray:
+    """int64 counts [ra, rb] of the (a, b) value pairs of two equally shaped int maps with values in
+    [0, ra) and [0, rb). With OpenCV and values that fit in 16 bits: `cv2.calcHist` on small-type copies
+    (unit-width bins, exact integer counts below 2**24 pixels); else one bincount over int64 a * rb + b."""
+    if cv2 is not None and ra <= 1 << 16 and rb <= 1 << 16 and a.size < 1 << 24 and a.ndim == 2:
+        small_type = np.uint8 if max(ra, rb) <= 256 else np.uint16  # calcHist wants one depth
+        small = []
+        for name, x in (("hist_a", a), ("hist_b", b)):
+            if x.dtype != small_type or not x.flags.c_contiguous:
+                buf = scratch.get(name, x.shape, small_type)
+                np.copyto(buf, x, casting="unsafe")
+                x = buf
+            small.append(x)
+        hist = cv2.calcHist(small, [0, 1], None, [ra, rb], [0, ra, 0, rb])
+        return hist.astype(np.int64)
+    cell = scratch.get("pair_cell", a.shape, np.int64)
+    np.multiply(a, rb, out=cell, casting="unsafe")
+    np.add(cell, b, out=cell, casting="unsafe")  # values are bounded by the caller's range check
     return np.bincount(cell.ravel(), minlength=ra * rb).reshape(ra, rb)
 
 

@@ -12,32 +12,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidseg.data.records import IGNORE_LABEL, AnnotationFormatError, FrameLabels
-from vidseg.metrics._dense import TrackSlots, Vocabulary, id_range, pair_counts
+from vidseg.data.records import AnnotationFormatError, FrameLabels
+from vidseg.metrics._dense import Scratch, TrackSlots, Vocabulary, cv2, id_range, pair_counts, pair_histogram
 
 _JOINT_LIMIT = 1 << 22  # largest instance id range compacted with a bincount (else np.unique)
 
 
-def fast_index(vocab: Vocabulary, semantic: np.ndarray, where: str) -> np.ndarray:
-    """`vocab.index(semantic, where)` (void = C), with a uint8 lookup when the ids fit in a byte; unknown ids
-    raise through `vocab.index`."""
+def fast_index(vocab: Vocabulary, semantic: np.ndarray, where: str, scratch: Scratch, name: str) -> np.ndarray:
+    """`vocab.index(semantic, where)` (void = C) into a reused buffer: for ids below 256 a byte copy and a
+    256-entry lookup (cv2.LUT when available); unknown ids raise through `vocab.index`."""
     sem = np.asarray(semantic)
     top = id_range(sem)
-    if top is None or top > len(vocab.lut):
-        return vocab.index(sem, where)
-    c = vocab.num_classes
-    if top <= 256 and np.array_equal(vocab.ids, np.arange(c)):  # ids 0..C-1: clip instead of a lookup
-        if top > c and np.any((sem >= c) & (sem != IGNORE_LABEL)):
-            return vocab.index(sem, where)  # raises naming the id
-        return np.minimum(sem, c).astype(vocab.dtype)
-    small = sem if sem.dtype == np.uint8 or top > 256 else sem.astype(np.uint8)
-    out = np.take(vocab.lut, small)
-    if (out == vocab.invalid).any():
+    if top is None or top > len(vocab.lut) or top > 256 or vocab.dtype != np.uint8:
+        out = vocab.index(sem, where)
+        return out
+    small = sem if sem.dtype == np.uint8 else scratch.get(name + "_u8", sem.shape, np.uint8)
+    if small is not sem:
+        np.copyto(small, sem, casting="unsafe")  # ids < 256
+    lut = np.full(256, vocab.invalid, dtype=np.uint8)
+    lut[: min(len(vocab.lut), 256)] = vocab.lut[:256]
+    out = scratch.get(name, sem.shape, np.uint8)
+    if cv2 is not None and small.ndim == 2:
+        cv2.LUT(small, lut, dst=out)
+    else:
+        np.take(lut, small, out=out)
+    if top > vocab.num_classes and (out == vocab.invalid).any():
         return vocab.index(sem, where)  # raises naming the id
     return out
 
 
-def paint_slots(masks: dict[int, np.ndarray], slots: TrackSlots, shape: tuple[int, ...], where: str) -> np.ndarray:
+def paint_slots(
+    masks: dict[int, np.ndarray], slots: TrackSlots, shape: tuple[int, ...], where: str, scratch: Scratch
+) -> np.ndarray:
     """uint16/int32 map of GT track slots (0 where no track; crowd tracks stay 0), each mask pasted inside its
     bounding box, later masks winning as `inst[mask] = slot` does."""
     items = []
@@ -46,7 +52,8 @@ def paint_slots(masks: dict[int, np.ndarray], slots: TrackSlots, shape: tuple[in
             raise AnnotationFormatError(f"{where}: GT track {tid} mask shape {mask.shape} != {shape}")
         if tid not in slots.crowd:
             items.append((slots.get(tid), mask))
-    out = np.zeros(shape, dtype=np.uint16 if len(slots.slot) < 2**16 else np.int32)
+    out = scratch.get("slots", shape, np.uint16 if len(slots.slot) < 2**16 else np.int32)
+    out.fill(0)
     for slot, mask in items:
         rows = np.flatnonzero(mask.any(axis=1))
         if len(rows) == 0:
@@ -58,6 +65,10 @@ def paint_slots(masks: dict[int, np.ndarray], slots: TrackSlots, shape: tuple[in
     return out
 
 
+def _key_type(num_keys: int) -> type:
+    return np.uint8 if num_keys <= 256 else np.uint16 if num_keys <= 1 << 16 else np.int64
+
+
 def segment_pairs(
     labels: FrameLabels,
     sem: np.ndarray,
@@ -65,24 +76,28 @@ def segment_pairs(
     vocab: Vocabulary,
     slots: TrackSlots,
     where: str,
+    scratch: Scratch | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(GT slot, GT class index, predicted instance id, predicted class index, pixel count) of every pair of
     GT and predicted segments sharing pixels in one frame (int64 arrays).
 
     GT: class = vocabulary index of `labels.semantic`, void (C) where IGNORE_LABEL or `labels.void`; slot =
     the track's slot (0 for stuff, crowd tracks and thing pixels without a track). Prediction: class index
-    of `sem` (void allowed; such segments are void whatever their instance) and the raw instance id."""
+    of `sem` (void allowed; such segments are void whatever their instance) and the raw instance id.
+    `scratch` keeps the frame-sized work arrays between calls."""
+    scratch = scratch or Scratch()
     if labels.semantic is None:
         raise AnnotationFormatError(f"{where}: GT has no semantic map (a panoptic/semantic format is needed)")
-    g_cls = fast_index(vocab, labels.semantic, f"{where} (GT)")
+    g_cls = fast_index(vocab, labels.semantic, f"{where} (GT)", scratch, "g_cls")
     shape = g_cls.shape
     if labels.void is not None:
         if labels.void.shape != shape:
             raise AnnotationFormatError(f"{where}: GT void mask shape {labels.void.shape} != {shape}")
-        if np.any(labels.void & (g_cls != vocab.void)):
+        outside = np.not_equal(g_cls, vocab.void, out=scratch.get("void", shape, bool))
+        if np.logical_and(outside, labels.void, out=outside).any():
             g_cls = np.where(labels.void, vocab.void, g_cls).astype(g_cls.dtype)
-    g_slot = paint_slots(labels.masks, slots, shape, where)
-    p_cls = fast_index(vocab, sem, f"{where} (prediction)")
+    g_slot = paint_slots(labels.masks, slots, shape, where, scratch)
+    p_cls = fast_index(vocab, sem, f"{where} (prediction)", scratch, "p_cls")
     inst = np.asarray(inst)
     if inst.shape != p_cls.shape:
         raise AnnotationFormatError(f"{where}: instance map shape {inst.shape} != semantic {p_cls.shape}")
@@ -93,28 +108,37 @@ def segment_pairs(
         raise AnnotationFormatError(f"{where}: negative predicted instance id {int(inst.min())}")
     c1 = vocab.num_classes + 1
     num_g = (int(g_slot.max(initial=0)) + 1) * c1
-    # a dense bincount costs ~1 pass over its bins: key on raw instance ids unless that beats 2 pixel passes
-    if num_g * top * c1 <= max(1 << 16, 4 * inst.size):
-        inst_ids, compact_inst = np.arange(top), inst
-    elif top <= _JOINT_LIMIT:  # compact instance numbers: their ids are arbitrary (e.g. 1000 * i + c)
+    # compact instance numbers (their ids are arbitrary, e.g. 1000 * i + c): which ids occur, then one lookup
+    # giving compact number * (C + 1), to which the class index is added
+    source = inst
+    if top <= 1 << 16 and cv2 is not None and inst.ndim == 2:
+        source = scratch.get("inst_u16", shape, np.uint16)
+        np.copyto(source, inst, casting="unsafe")
+        present = cv2.calcHist([source], [0], None, [top], [0, top]).ravel() > 0
+    elif top <= _JOINT_LIMIT:
         present = np.bincount(inst.ravel(), minlength=top) > 0
+    else:
+        present = None
+    if present is not None:
         inst_ids = np.flatnonzero(present)
-        compact_inst = np.take(np.cumsum(present, dtype=np.int32) - 1, inst)
+        num_p = len(inst_ids) * c1
+        key_type = _key_type(max(num_g, num_p))
+        lut = np.zeros(top, dtype=key_type)
+        lut[inst_ids] = np.arange(len(inst_ids)) * c1
+        p_key = np.take(lut, source, out=scratch.get("p_key", shape, key_type))
     else:
-        inst_ids, compact_inst = np.unique(inst, return_inverse=True)
-        compact_inst = compact_inst.reshape(shape)
-    num_p = len(inst_ids) * c1
-    g_key = np.multiply(g_slot, c1, dtype=np.int32)
-    g_key += g_cls
-    p_key = np.multiply(compact_inst, c1, dtype=np.int32, casting="unsafe")
-    p_key += p_cls
+        inst_ids, inverse = np.unique(inst, return_inverse=True)
+        num_p = len(inst_ids) * c1
+        key_type = _key_type(max(num_g, num_p))
+        p_key = np.multiply(inverse.reshape(shape), c1, out=scratch.get("p_key", shape, key_type), casting="unsafe")
+    np.add(p_key, p_cls, out=p_key, casting="unsafe")
+    g_key = np.multiply(g_slot, c1, out=scratch.get("g_key", shape, key_type), casting="unsafe")
+    np.add(g_key, g_cls, out=g_key, casting="unsafe")
     if num_g * num_p <= max(1 << 16, 4 * inst.size):
-        joint = np.multiply(g_key, num_p, dtype=np.int64)  # bincount's own dtype: no conversion pass
-        joint += p_key
-        counts = np.bincount(joint.ravel(), minlength=num_g * num_p)
-        nonzero = np.flatnonzero(counts)
-        g_u, p_u, cnt = nonzero // num_p, nonzero % num_p, counts[nonzero]
+        counts = pair_histogram(g_key, p_key, num_g, num_p, scratch)
+        g_u, p_u = np.nonzero(counts)
+        cnt = counts[g_u, p_u]
     else:
-        g_u, p_u, cnt = pair_counts(g_key, p_key)
+        g_u, p_u, cnt = pair_counts(g_key.astype(np.int64), p_key.astype(np.int64))
     g_u, p_u = g_u.astype(np.int64), p_u.astype(np.int64)
     return g_u // c1, g_u % c1, inst_ids[p_u // c1].astype(np.int64), p_u % c1, cnt.astype(np.int64)

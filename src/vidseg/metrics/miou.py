@@ -32,7 +32,7 @@ from vidseg.data.records import (
     VideoRecord,
 )
 from vidseg.metrics._common import pair_videos
-from vidseg.metrics._dense import Vocabulary, raw_pair_histogram, scored_frames, tensor
+from vidseg.metrics._dense import Scratch, Vocabulary, raw_pair_histogram, scored_frames, tensor
 
 VSPW_VC_WINDOWS = (8, 16)
 
@@ -54,19 +54,24 @@ class SemanticMIoU(Metric):
         self.vc_windows = tuple(int(n) for n in vc_windows)
         c = self.vocab.num_classes
         self.add_state("confusion", torch.zeros((c, c), dtype=torch.int64), dist_reduce_fx="sum")
+        self._scratch = Scratch()
         self.add_state("vc_sum", torch.zeros(len(self.vc_windows), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("vc_count", torch.zeros(len(self.vc_windows), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, pred: VideoPrediction, gt: VideoRecord) -> None:  # type: ignore[override]
         """Score the annotated frames of one video."""
-        counter = _VideoCounter(self.vocab, len(gt.annotations), self.vc_windows)
+        counter = _VideoCounter(self.vocab, len(gt.annotations), self.vc_windows, self._scratch)
         for frame, labels, sem, _ in scored_frames(pred, gt, "semantic"):
             where = f"video {gt.video_id!r} frame {gt.frames.names[frame]!r}"
             if labels.semantic is None:
                 raise AnnotationFormatError(f"{where}: GT has no semantic map")
             g = np.asarray(labels.semantic)
-            if labels.void is not None and np.any(labels.void & (g != IGNORE_LABEL)):
-                g = np.where(labels.void, IGNORE_LABEL, g)
+            if labels.void is not None:
+                if labels.void.shape != g.shape:
+                    raise AnnotationFormatError(f"{where}: GT void mask shape {labels.void.shape} != {g.shape}")
+                outside = np.not_equal(g, IGNORE_LABEL, out=self._scratch.get("void", g.shape, bool))
+                if np.logical_and(outside, labels.void, out=outside).any():
+                    g = np.where(labels.void, IGNORE_LABEL, g)
             counter.add(g, np.asarray(sem), where)
         c = self.vocab.num_classes
         self.confusion += tensor(counter.total[:c, :c], self.confusion)  # void GT row and column dropped
@@ -105,8 +110,8 @@ class _VideoCounter:
     GT-consistent at a pixel iff last_g <= start, and consistent on both sides iff last_both <= start.
     """
 
-    def __init__(self, vocab: Vocabulary, num_frames: int, windows: tuple[int, ...]) -> None:
-        self.vocab, self.num_frames, self.windows = vocab, num_frames, windows
+    def __init__(self, vocab: Vocabulary, num_frames: int, windows: tuple[int, ...], scratch: Scratch) -> None:
+        self.vocab, self.num_frames, self.windows, self.scratch = vocab, num_frames, windows, scratch
         c1 = vocab.num_classes + 1
         self.total = np.zeros((c1, c1), np.int64)
         self.vc_sums = np.zeros(len(windows), np.float64)
@@ -121,7 +126,7 @@ class _VideoCounter:
     def _confusion(self, g: np.ndarray, p: np.ndarray, where: str) -> np.ndarray:
         """[C+1, C+1] (GT index, predicted index) counts of equally shaped id arrays; unknown ids and void
         predictions raise naming `where`."""
-        hist = raw_pair_histogram(g, p)
+        hist = raw_pair_histogram(g, p, scratch=self.scratch)
         remapped = None if hist is None else self.vocab.remap_histogram(hist)
         if remapped is not None and not remapped[0][:, self.vocab.void].any():
             return remapped[0]
@@ -141,11 +146,14 @@ class _VideoCounter:
             self.last_g = np.zeros(g.shape, self.dtype)
             self.last_both = np.zeros(g.shape, self.dtype)
         else:
-            changed_g = np.not_equal(g, self.prev_g)
-            changed = np.not_equal(p, self.prev_p)
+            changed_g = np.not_equal(g, self.prev_g, out=self.scratch.get("changed_g", g.shape, bool))
+            changed = np.not_equal(p, self.prev_p, out=self.scratch.get("changed", g.shape, bool))
             changed |= changed_g
-            np.maximum(self.last_g, np.multiply(changed_g, t, dtype=self.dtype), out=self.last_g)
-            np.maximum(self.last_both, np.multiply(changed, t, dtype=self.dtype), out=self.last_both)
+            stamp = self.scratch.get("stamp", g.shape, self.dtype)
+            np.multiply(changed_g.view(np.int8), t, out=stamp, casting="unsafe")
+            np.maximum(self.last_g, stamp, out=self.last_g)
+            np.multiply(changed.view(np.int8), t, out=stamp, casting="unsafe")
+            np.maximum(self.last_both, stamp, out=self.last_both)
         self.prev_g, self.prev_p = g, p
         if t > self.num_frames - 2:
             return  # the official loop has no window ending at the last annotated frame
@@ -153,7 +161,9 @@ class _VideoCounter:
             start = t - n + 1  # the window is start..t
             if start < 0:
                 continue
-            n_common = int(np.count_nonzero(self.last_g <= start))
+            within = self.scratch.get("within", self.last_g.shape, bool)
+            n_common = int(np.count_nonzero(np.less_equal(self.last_g, start, out=within)))
             if n_common:  # 0/0 is NaN in the official code, and nanmean skips it
-                self.vc_sums[w] += int(np.count_nonzero(self.last_both <= start)) / n_common
+                both = int(np.count_nonzero(np.less_equal(self.last_both, start, out=within)))
+                self.vc_sums[w] += both / n_common
                 self.vc_counts[w] += 1

@@ -26,7 +26,16 @@ from torchmetrics import Metric
 
 from vidseg.data.records import Category, DatasetRecord, VideoPrediction, VideoRecord
 from vidseg.metrics._common import cat_state, pair_videos
-from vidseg.metrics._dense import TrackSlots, Vocabulary, compact, decode_name, encode_name, scored_frames, tensor
+from vidseg.metrics._dense import (
+    Scratch,
+    TrackSlots,
+    Vocabulary,
+    compact,
+    decode_name,
+    encode_name,
+    scored_frames,
+    tensor,
+)
 from vidseg.metrics._panoptic import segment_pairs
 
 KITTI_STEP_THINGS = (11, 13)
@@ -86,6 +95,7 @@ class STQ(Metric):
             raise ValueError(f"STQ variant must be 'kitti' or 'vipseg', got {variant!r}")
         self.variant = variant
         self.vocab = Vocabulary(categories, things)
+        self._scratch = Scratch()
         n = self.vocab.num_classes + 1
         self.add_state("confusion", torch.zeros((n, n), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("seq_aq_sum", [], dist_reduce_fx="cat")
@@ -103,7 +113,7 @@ class STQ(Metric):
         for t, (frame, labels, sem, inst) in enumerate(scored_frames(pred, gt, "panoptic")):
             where = f"video {gt.video_id!r} frame {gt.frames.names[frame]!r}"
             assert inst is not None
-            g_slot, g_cls, p_inst, p_cls, cnt = segment_pairs(labels, sem, inst, vocab, slots, where)
+            g_slot, g_cls, p_inst, p_cls, cnt = segment_pairs(labels, sem, inst, vocab, slots, where, self._scratch)
             if self.variant == "vipseg":
                 if t == 0:
                     crowd_slot = first_listed_track(g_slot, g_cls, slots, vocab)

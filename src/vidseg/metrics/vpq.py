@@ -25,7 +25,7 @@ from torchmetrics import Metric
 
 from vidseg.data.records import Category, DatasetRecord, VideoPrediction, VideoRecord
 from vidseg.metrics._common import pair_videos
-from vidseg.metrics._dense import TrackSlots, Vocabulary, compact, scored_frames, tensor
+from vidseg.metrics._dense import Scratch, TrackSlots, Vocabulary, compact, scored_frames, tensor
 from vidseg.metrics._panoptic import segment_pairs
 
 CITYSCAPES_VPS_WINDOWS = (1, 2, 3, 4)
@@ -50,7 +50,10 @@ class VideoTables:
     """Per-video tube tables built from one pass over the pixels: pair intersections per frame and the
     attributes of every GT / predicted tube."""
 
-    def __init__(self, pred: VideoPrediction, gt: VideoRecord, vocab: Vocabulary) -> None:
+    def __init__(
+        self, pred: VideoPrediction, gt: VideoRecord, vocab: Vocabulary, scratch: Scratch | None = None
+    ) -> None:
+        scratch = scratch or Scratch()
         c1 = vocab.num_classes + 1
         slots = TrackSlots(gt)
         g_keys, p_keys, frame_of, counts = [], [], [], []
@@ -59,7 +62,7 @@ class VideoTables:
             where = f"video {gt.video_id!r} frame {gt.frames.names[frame]!r}"
             if inst is None:  # pragma: no cover - scored_frames("panoptic") always gives instances
                 raise AssertionError("panoptic prediction without instance map")
-            g_slot, g_cls, p_inst, p_cls, cnt = segment_pairs(labels, sem, inst, vocab, slots, where)
+            g_slot, g_cls, p_inst, p_cls, cnt = segment_pairs(labels, sem, inst, vocab, slots, where, scratch)
             g_keys.append(g_slot * c1 + g_cls)
             p_keys.append(p_inst * c1 + p_cls)
             counts.append(cnt)
@@ -156,6 +159,7 @@ class VPQ(Metric):
         if not windows or any(int(n) < 1 for n in windows):
             raise ValueError(f"VPQ windows must be positive frame counts, got {list(windows)}")
         self.vocab = Vocabulary(categories)
+        self._scratch = Scratch()
         self.windows = tuple(int(n) for n in windows)
         shape = (len(self.windows), self.vocab.num_classes)
         self.add_state("tp", torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
@@ -165,7 +169,7 @@ class VPQ(Metric):
 
     def update(self, pred: VideoPrediction, gt: VideoRecord) -> None:  # type: ignore[override]
         """Score one video: its annotated frames, windows of consecutive annotated frames."""
-        tables = VideoTables(pred, gt, self.vocab)
+        tables = VideoTables(pred, gt, self.vocab, self._scratch)
         c = self.vocab.num_classes
         stats = [tables.window_stats(n, c) for n in self.windows]
         self.tp += tensor(np.stack([s[0] for s in stats]), self.tp)
