@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 from vidseg.data.formats.common import (
     davis_palette,
     encode_rle,
+    image_header_size,
     read_png,
     require_dir,
     sorted_frame_files,
@@ -55,12 +56,7 @@ def image_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image file from its header only (no pixel decoding)."""
     if not Path(path).is_file():
         raise MissingFileError(f"{path}: required frame file does not exist")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise CorruptMediaError(f"{path}: cannot read image header ({e})") from e
-    return int(h), int(w)
+    return image_header_size(path)
 
 
 def jpeg_frames(frames_dir: Path, what: str, listed_in: Path) -> tuple[list[Path], list[str]]:

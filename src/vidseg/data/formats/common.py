@@ -198,3 +198,14 @@ def sorted_frame_files(folder: Path, exts: tuple[str, ...] = (".jpg", ".jpeg", "
     """Image files of a frame folder, sorted by name."""
     folder = require_dir(folder, "frame folder")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and p.is_file())
+
+
+def image_header_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header only (no pixel decoding); an unreadable header is a
+    CorruptMediaError naming the file."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptMediaError(f"{path}: cannot read image header ({e})") from e
+    return int(height), int(width)

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from vidseg.data.formats.common import image_header_size
 from vidseg.data.records import (
     AnnotationFormatError,
     Category,
-    CorruptMediaError,
     DatasetRecord,
     FrameSource,
     GroundTruthVideo,
@@ -34,21 +33,11 @@ from vidseg.data.video import IMAGE_EXTENSIONS, is_image_file, is_video_file, pr
 FORMAT = "video"
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from an image header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise CorruptMediaError(f"{path}: cannot read image header ({e})") from e
-    return int(height), int(width)
-
-
 def _frame_folder_record(folder: Path, fps: float | None) -> VideoRecord:
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
     if not files:
         raise MissingFileError(f"{folder}: frame folder contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-    height, width = _image_size(files[0])
+    height, width = image_header_size(files[0])
     return VideoRecord(
         video_id=folder.name,
         frames=FrameSource(kind="images", paths=files, names=[p.stem for p in files]),
@@ -109,14 +98,10 @@ def read(root: Path, split: str | None = None, fps: float | None = None, **optio
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise AnnotationFormatError(f"{base}: several videos share the id(s) {dupes} (e.g. a.mp4 and a/)")
-    return DatasetRecord(
-        name=FORMAT, format=FORMAT, split=split or "", root=root, categories=[], videos=videos
-    )
+    return DatasetRecord(name=FORMAT, format=FORMAT, split=split or "", root=root, categories=[], videos=videos)
 
 
-def write_mp4(
-    path: Path, frames: Sequence[np.ndarray], fps: float, codec: str = "libx264", crf: int = 12
-) -> Path:
+def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float, codec: str = "libx264", crf: int = 12) -> Path:
     """Encode uint8 [H, W, 3] frames as an mp4 (atomic: temp file + rename). libx264 runs single-threaded
     so the bytes are reproducible; odd sizes use yuv444p (yuv420p needs even H and W)."""
     import av
@@ -171,9 +156,7 @@ def write_ground_truth(
     return out
 
 
-def write_results(
-    out: Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any
-) -> Path:
+def write_results(out: Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any) -> Path:
     """Unannotated videos have no official result format."""
     raise AnnotationFormatError(
         f"{out}: format 'video' is unannotated and has no result format; write predictions with the task's "

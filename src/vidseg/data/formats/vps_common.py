@@ -7,19 +7,29 @@ segment ids, PNG-id/segments_info consistency checks, and frame image I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vidseg.data.formats.common import id_to_rgb, read_png, require_file
+from vidseg.data.formats.common import (
+    id_to_rgb,
+    image_header_size,
+    read_png,
+    require_dir,
+    require_file,
+    sorted_frame_files,
+)
 from vidseg.data.records import (
     IGNORE_LABEL,
     AnnotationFormatError,
     Category,
-    CorruptMediaError,
+    FrameAnnotation,
+    FrameLabels,
     GroundTruthVideo,
+    MissingFileError,
+    TrackInfo,
     VideoPrediction,
     VideoRecord,
 )
@@ -66,13 +76,52 @@ def cityscapes_categories(things: Iterable[int]) -> list[Category]:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file from its header (no pixel decoding)."""
-    path = require_file(path, "frame image")
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise CorruptMediaError(f"{path}: cannot read image header ({e})") from e
-    return int(height), int(width)
+    return image_header_size(require_file(path, "frame image"))
+
+
+def frames_of_video(frames_dir: Path, empty: str) -> tuple[list[Path], dict[str, int], tuple[int, int]]:
+    """(sorted frame files, frame index by stem, (H, W) of the first frame) of one video folder; a folder
+    without frames is a MissingFileError "<frames_dir>: <empty>" (e.g. "video without frames")."""
+    frames = sorted_frame_files(frames_dir)
+    if not frames:
+        raise MissingFileError(f"{frames_dir}: {empty}")
+    return frames, {p.stem: i for i, p in enumerate(frames)}, image_size(frames[0])
+
+
+def label_files(
+    label_dir: Path, required: str | None, index: dict[str, int], what: str, frames_dir: Path, frame_suffix: str
+) -> list[Path]:
+    """Sorted label PNGs of one video: none when `label_dir` is absent, unless `required` (then it names
+    the folder in the MissingFileError). A PNG whose stem is no frame in `index` is a MissingFileError
+    "<png>: <what> without a frame <frames_dir>/<stem><frame_suffix>"."""
+    if required is not None:
+        require_dir(label_dir, required)
+    files = sorted_frame_files(label_dir, (".png",)) if label_dir.is_dir() else []
+    for f in files:
+        if f.stem not in index:
+            raise MissingFileError(f"{f}: {what} without a frame {frames_dir / f.stem}{frame_suffix}")
+    return files
+
+
+def scanned_annotations(
+    files: list[Path],
+    scans: Iterable[list[int]],
+    index: dict[str, int],
+    decoder: Callable[[Path], FrameLabels],
+    category_of: Callable[[int], int],
+) -> tuple[dict[int, TrackInfo], list[FrameAnnotation]]:
+    """Tracks (by id, ascending; category from `category_of(track id)`) and frame annotations (by frame) of
+    one video whose label files were decoded at read time into `scans` (the track ids of each file)."""
+    tracks: dict[int, TrackInfo] = {}
+    annotations = []
+    for f, tids in zip(files, scans):
+        for t in tids:
+            tracks.setdefault(t, TrackInfo(track_id=t, category_id=category_of(t)))
+        annotations.append(
+            FrameAnnotation(frame=index[f.stem], label_map=f, decoder=decoder, track_ids=frozenset(tids))
+        )
+    annotations.sort(key=lambda a: a.frame)
+    return dict(sorted(tracks.items())), annotations
 
 
 def write_frame(path: Path, frame: np.ndarray, jpeg_quality: int = 95) -> Path:
