@@ -34,9 +34,11 @@ from vidseg.data.formats.vps_common import (
     check_name,
     check_panoptic_values,
     cityscapes_categories,
-    image_size,
+    frames_of_video,
+    label_files,
     prediction_frames,
     prediction_panoptic_maps,
+    scanned_annotations,
     write_frame,
 )
 from vidseg.data.records import (
@@ -44,12 +46,10 @@ from vidseg.data.records import (
     AnnotationFormatError,
     Category,
     DatasetRecord,
-    FrameAnnotation,
     FrameLabels,
     FrameSource,
     GroundTruthVideo,
     MissingFileError,
-    TrackInfo,
     VideoPrediction,
     VideoRecord,
 )
@@ -184,39 +184,20 @@ def read(
     videos = []
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         for seq in seqs:
-            frames = sorted_frame_files(image_dir / seq)
-            if not frames:
-                raise MissingFileError(f"{image_dir / seq}: sequence without frames")
-            height, width = image_size(frames[0])
+            frames, index, (height, width) = frames_of_video(image_dir / seq, "sequence without frames")
             names = [p.stem for p in frames]
-            index = {n: i for i, n in enumerate(names)}
-            maps: list[Path] = []
-            if pan_dir.is_dir():
-                if require_annotations:
-                    require_dir(pan_dir / seq, f"panoptic_maps folder of sequence {seq}")
-                if (pan_dir / seq).is_dir():
-                    maps = sorted_frame_files(pan_dir / seq, (".png",))
-            for m in maps:
-                if m.stem not in index:
-                    raise MissingFileError(f"{m}: panoptic map without a frame {image_dir / seq / m.stem}.*")
+            required = f"panoptic_maps folder of sequence {seq}" if require_annotations else None
+            maps = label_files(pan_dir / seq, required, index, "panoptic map", image_dir / seq, ".*")
             scans = list(pool.map(lambda m, s=(height, width): _scan(m, s, cids, things), maps))
             decoder = partial(decode_panoptic_map, height=height, width=width, category_ids=cids, thing_ids=things)
-            tracks: dict[int, TrackInfo] = {}
-            annotations = []
-            for m, tids in zip(maps, scans):
-                for t in tids:
-                    tracks.setdefault(t, TrackInfo(track_id=t, category_id=split_track_id(t)[0]))
-                annotations.append(
-                    FrameAnnotation(frame=index[m.stem], label_map=m, decoder=decoder, track_ids=frozenset(tids))
-                )
-            annotations.sort(key=lambda a: a.frame)
+            tracks, annotations = scanned_annotations(maps, scans, index, decoder, lambda t: split_track_id(t)[0])
             videos.append(
                 VideoRecord(
                     video_id=seq,
                     frames=FrameSource(kind="images", paths=frames, names=names),
                     height=height,
                     width=width,
-                    tracks=dict(sorted(tracks.items())),
+                    tracks=tracks,
                     annotations=annotations,
                     meta={"track_id_rule": "semantic << 16 | instance"},
                 )

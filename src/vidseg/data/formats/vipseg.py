@@ -28,9 +28,7 @@ from vidseg.data.formats.common import (
     davis_palette,
     load_json,
     read_png,
-    require_dir,
     require_key,
-    sorted_frame_files,
     write_json_atomic,
 )
 from vidseg.data.formats.vipseg_converted import (
@@ -45,12 +43,14 @@ from vidseg.data.formats.vps_common import (
     check_listed_ids,
     check_name,
     check_panoptic_values,
-    image_size,
+    frames_of_video,
+    label_files,
     labels_from_ids,
     prediction_frames,
     prediction_panoptic_maps,
     read_id_png,
     read_split_list,
+    scanned_annotations,
     write_frame,
     write_id_png,
 )
@@ -59,12 +59,9 @@ from vidseg.data.records import (
     AnnotationFormatError,
     Category,
     DatasetRecord,
-    FrameAnnotation,
     FrameLabels,
     FrameSource,
     GroundTruthVideo,
-    MissingFileError,
-    TrackInfo,
     VideoPrediction,
     VideoRecord,
 )
@@ -159,36 +156,19 @@ def read(
     videos = []
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         for name in read_split_list(root / f"{split}.txt"):
-            frames = sorted_frame_files(root / "imgs" / name)
-            if not frames:
-                raise MissingFileError(f"{root / 'imgs' / name}: video without frames")
-            height, width = image_size(frames[0])
-            index = {p.stem: i for i, p in enumerate(frames)}
-            mask_dir = root / "panomasks" / name
-            if require_annotations:
-                require_dir(mask_dir, f"panomasks folder of video {name}")
-            masks = sorted_frame_files(mask_dir, (".png",)) if mask_dir.is_dir() else []
-            for m in masks:
-                if m.stem not in index:
-                    raise MissingFileError(f"{m}: panomask without a frame {root / 'imgs' / name / m.stem}.jpg")
+            frames, index, (height, width) = frames_of_video(root / "imgs" / name, "video without frames")
+            required = f"panomasks folder of video {name}" if require_annotations else None
+            masks = label_files(root / "panomasks" / name, required, index, "panomask", root / "imgs" / name, ".jpg")
             scans = list(pool.map(lambda m, s=(height, width): _scan_raw(m, s, vocabulary), masks))
             decoder = partial(decode_raw_mask, size=(height, width), vocabulary=vocabulary)
-            tracks: dict[int, TrackInfo] = {}
-            annotations = []
-            for m, tids in zip(masks, scans):
-                for v in tids:
-                    tracks.setdefault(v, TrackInfo(track_id=v, category_id=v // 100 - 1))
-                annotations.append(
-                    FrameAnnotation(frame=index[m.stem], label_map=m, decoder=decoder, track_ids=frozenset(tids))
-                )
-            annotations.sort(key=lambda a: a.frame)
+            tracks, annotations = scanned_annotations(masks, scans, index, decoder, lambda v: v // 100 - 1)
             videos.append(
                 VideoRecord(
                     video_id=name,
                     frames=FrameSource(kind="images", paths=frames, names=[p.stem for p in frames]),
                     height=height,
                     width=width,
-                    tracks=dict(sorted(tracks.items())),
+                    tracks=tracks,
                     annotations=annotations,
                     meta={"file_names": {a.frame: a.label_map.name for a in annotations}},  # type: ignore[union-attr]
                 )

@@ -24,7 +24,14 @@ from vidseg.data.formats.common import (
     write_index_png,
     write_json_atomic,
 )
-from vidseg.data.formats.vps_common import check_name, image_size, prediction_frames, read_split_list, write_frame
+from vidseg.data.formats.vps_common import (
+    check_name,
+    frames_of_video,
+    label_files,
+    prediction_frames,
+    read_split_list,
+    write_frame,
+)
 from vidseg.data.records import (
     IGNORE_LABEL,
     AnnotationFormatError,
@@ -34,7 +41,6 @@ from vidseg.data.records import (
     FrameLabels,
     FrameSource,
     GroundTruthVideo,
-    MissingFileError,
     VideoPrediction,
     VideoRecord,
 )
@@ -97,20 +103,11 @@ def read(root: Path, split: str, *, require_annotations: bool | None = None, **o
     videos = []
     for name in read_split_list(root / f"{split}.txt"):
         video_dir = require_dir(root / "data" / name, f"VSPW video folder of {name!r}")
-        frames = sorted_frame_files(video_dir / "origin")
-        if not frames:
-            raise MissingFileError(f"{video_dir / 'origin'}: video without frames")
-        height, width = image_size(frames[0])
-        index = {p.stem: i for i, p in enumerate(frames)}
-        if require_annotations:
-            require_dir(video_dir / "mask", f"mask folder of video {name!r}")
-        masks = sorted_frame_files(video_dir / "mask", (".png",)) if (video_dir / "mask").is_dir() else []
+        frames, index, (height, width) = frames_of_video(video_dir / "origin", "video without frames")
+        required = f"mask folder of video {name!r}" if require_annotations else None
+        masks = label_files(video_dir / "mask", required, index, "mask", video_dir / "origin", ".jpg")
         decoder = partial(decode_mask, size=(height, width), num_classes=len(cats))
-        annotations = []
-        for m in masks:
-            if m.stem not in index:
-                raise MissingFileError(f"{m}: mask without a frame {video_dir / 'origin' / m.stem}.jpg")
-            annotations.append(FrameAnnotation(frame=index[m.stem], label_map=m, decoder=decoder))
+        annotations = [FrameAnnotation(frame=index[m.stem], label_map=m, decoder=decoder) for m in masks]
         videos.append(
             VideoRecord(
                 video_id=name,
