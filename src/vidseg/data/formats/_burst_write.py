@@ -16,7 +16,7 @@ from vidseg.data.formats._vos_common import (
     save_jpeg,
     video_lookup,
 )
-from vidseg.data.formats.burst import _area, _int, _rle, _track_id, parse_sequences
+from vidseg.data.formats.burst import _area, _rle, _track_id, parse_sequences, sequence_entry
 from vidseg.data.formats.common import check_unique, encode_rle, load_json, require_key, write_json_atomic
 from vidseg.data.records import (
     RLE,
@@ -149,13 +149,9 @@ def write_ground_truth(
             save_jpeg(img_root / split / dataset_name / video.video_id / name, frame, jpeg_quality)
         all_seqs.append(seq)
         first_seqs.append(first)
-    cats = [
-        {"id": c.id, "name": c.name, "synset": c.name, "def": "", "synonyms": [c.name]} for c in categories
-    ]
+    cats = [{"id": c.id, "name": c.name, "synset": c.name, "def": "", "synonyms": [c.name]} for c in categories]
     folder = root / split
-    path = write_json_atomic(
-        folder / "all_classes.json", {"sequences": all_seqs, "categories": cats, "split": split}
-    )
+    path = write_json_atomic(folder / "all_classes.json", {"sequences": all_seqs, "categories": cats, "split": split})
     write_json_atomic(
         folder / "first_frame_annotations.json", {"sequences": first_seqs, "categories": cats, "split": split}
     )
@@ -224,9 +220,7 @@ def write_results(
                 m = trk.masks[ann.frame]
                 if m is None:
                     continue
-                rle = normalise_rle(
-                    m, (video.height, video.width), f"{where} track {trk.track_id} frame {ann.frame}"
-                )
+                rle = normalise_rle(m, (video.height, video.width), f"{where} track {trk.track_id} frame {ann.frame}")
                 if _area(rle) == 0:
                     continue
                 entry: dict[str, Any] = {"rle": rle["counts"], "is_gt": False, "score": float(trk.score)}
@@ -262,18 +256,7 @@ def read_results(path: str | Path, dataset: DatasetRecord) -> list[VideoPredicti
     by_id = {int(v.meta["burst_id"]): v for v in dataset.videos}
     found: dict[str, VideoPrediction] = {}
     for i, seq in enumerate(seqs):
-        sid = _int(seq, "id", f"{path} sequences[{i}]")
-        where = f"{path} sequence {sid}"
-        if sid not in by_id:
-            raise AnnotationFormatError(f"{where}: not a sequence id of the ground truth")
-        video = by_id[sid]
-        index = {p: k for k, p in enumerate(video.meta["all_image_paths"])}
-        annotated = require_key(seq, "annotated_image_paths", where, (list,))
-        segs = require_key(seq, "segmentations", where, (list,))
-        if len(segs) != len(annotated):
-            raise AnnotationFormatError(
-                f"{where}: 'segmentations' and 'annotated_image_paths' differ in length"
-            )
+        where, video, index, pairs = sequence_entry(seq, i, path, by_id, "not a sequence id of the ground truth")
         tcats = require_key(seq, "track_category_ids", where, (dict,))
         masks: dict[int, list[RLE | None]] = {}
         scores: dict[int, float] = {}
@@ -282,7 +265,7 @@ def read_results(path: str | Path, dataset: DatasetRecord) -> list[VideoPredicti
             if not isinstance(c, int) and c is not None:
                 raise AnnotationFormatError(f"{where}: track_category_ids[{k!r}] must be an int or null")
             cats[_track_id(k, f"{where} track_category_ids")] = c
-        for img, seg in zip(annotated, segs):
+        for img, seg in pairs:
             if img not in index:
                 raise AnnotationFormatError(f"{where}: image {img!r} is not a frame of the sequence")
             if not isinstance(seg, dict):
@@ -290,16 +273,13 @@ def read_results(path: str | Path, dataset: DatasetRecord) -> list[VideoPredicti
             for key, value in seg.items():
                 w = f"{where} ({img}) track {key}"
                 tid = _track_id(key, w)
-                masks.setdefault(tid, [None] * video.num_frames)[index[img]] = _rle(
-                    value, video.height, video.width, w
-                )
+                masks.setdefault(tid, [None] * video.num_frames)[index[img]] = _rle(value, video.height, video.width, w)
                 score = value.get("score", 1.0)
                 scores[tid] = max(scores.get(tid, float("-inf")), float(score))
                 if "category_id" in value:
                     cats[tid] = int(value["category_id"])
         tracks = [
-            TrackPrediction(track_id=t, category_id=cats.get(t), score=scores[t], masks=masks[t])
-            for t in sorted(masks)
+            TrackPrediction(track_id=t, category_id=cats.get(t), score=scores[t], masks=masks[t]) for t in sorted(masks)
         ]
         found[video.video_id] = VideoPrediction(
             video_id=video.video_id,
@@ -310,8 +290,6 @@ def read_results(path: str | Path, dataset: DatasetRecord) -> list[VideoPredicti
         )
     return [
         found.get(v.video_id)
-        or VideoPrediction(
-            video_id=v.video_id, height=v.height, width=v.width, frame_names=list(v.frames.names)
-        )
+        or VideoPrediction(video_id=v.video_id, height=v.height, width=v.width, frame_names=list(v.frames.names))
         for v in dataset.videos
     ]

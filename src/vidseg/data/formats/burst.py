@@ -67,9 +67,7 @@ def parse_sequences(data: Any, path: Path) -> list[dict[str, Any]]:
     if not isinstance(data, dict):
         raise AnnotationFormatError(f"{path}: top level must be an object, got {type(data).__name__}")
     seqs = require_key(data, "sequences", str(path), (list,))
-    check_unique(
-        (_int(s, "id", f"{path} sequences[{i}]") for i, s in enumerate(seqs)), str(path), "sequence id"
-    )
+    check_unique((_int(s, "id", f"{path} sequences[{i}]") for i, s in enumerate(seqs)), str(path), "sequence id")
     return seqs
 
 
@@ -115,9 +113,7 @@ def _read_sequence(
     frames, index = _frames(seq, where, image_root / split / dataset / seq_name, check_frames)
     annotated = require_key(seq, "annotated_image_paths", where, (list,))
     if not annotated:
-        raise AnnotationFormatError(
-            f"{where}: 'annotated_image_paths' is empty (a sequence needs annotated frames)"
-        )
+        raise AnnotationFormatError(f"{where}: 'annotated_image_paths' is empty (a sequence needs annotated frames)")
     for p in annotated:
         if p not in index:
             raise AnnotationFormatError(f"{where}: annotated image {p!r} is not in 'all_image_paths'")
@@ -194,29 +190,34 @@ def _point(value: Any, where: str) -> Point:
     return Point(float(x), float(y))
 
 
+def sequence_entry(
+    seq: dict[str, Any], i: int, path: Path, videos: dict[int, VideoRecord], unknown: str
+) -> tuple[str, VideoRecord, dict[str, int], list[tuple[Any, Any]]]:
+    """(where, video, frame index by image path, (annotated image path, segmentation) pairs) of the i-th
+    sequence entry of a BURST JSON; an id not in `videos` is an AnnotationFormatError "<where>: <unknown>"."""
+    sid = _int(seq, "id", f"{path} sequences[{i}]")
+    where = f"{path} sequence {sid}"
+    if sid not in videos:
+        raise AnnotationFormatError(f"{where}: {unknown}")
+    video = videos[sid]
+    index = {p: k for k, p in enumerate(video.meta["all_image_paths"])}
+    annotated = require_key(seq, "annotated_image_paths", where, (list,))
+    segs = require_key(seq, "segmentations", where, (list,))
+    if len(segs) != len(annotated):
+        raise AnnotationFormatError(f"{where}: 'segmentations' and 'annotated_image_paths' differ in length")
+    return where, video, index, list(zip(annotated, segs))
+
+
 def _read_first_frame(path: Path, videos: dict[int, VideoRecord]) -> None:
     """Set each video's prompts from first_frame_annotations.json (one entry per track)."""
     data = load_json(path)
     seqs = parse_sequences(data, path)
     for i, seq in enumerate(seqs):
-        sid = _int(seq, "id", f"{path} sequences[{i}]")
-        where = f"{path} sequence {sid}"
-        if sid not in videos:
-            raise AnnotationFormatError(f"{where}: not a sequence of all_classes.json")
-        video = videos[sid]
-        index = {p: k for k, p in enumerate(video.meta["all_image_paths"])}
-        annotated = require_key(seq, "annotated_image_paths", where, (list,))
-        segs = require_key(seq, "segmentations", where, (list,))
-        if len(segs) != len(annotated):
-            raise AnnotationFormatError(
-                f"{where}: 'segmentations' and 'annotated_image_paths' differ in length"
-            )
+        where, video, index, pairs = sequence_entry(seq, i, path, videos, "not a sequence of all_classes.json")
         prompts: dict[int, Prompt] = {}
-        for img, seg in zip(annotated, segs):
+        for img, seg in pairs:
             if img not in index:
-                raise AnnotationFormatError(
-                    f"{where}: annotated image {img!r} is not in the sequence's frames"
-                )
+                raise AnnotationFormatError(f"{where}: annotated image {img!r} is not in the sequence's frames")
             frame = index[img]
             if not isinstance(seg, dict):
                 raise AnnotationFormatError(f"{where} ({img}): segmentation entry must be an object")
@@ -229,16 +230,12 @@ def _read_first_frame(path: Path, videos: dict[int, VideoRecord]) -> None:
                     raise AnnotationFormatError(f"{w}: track {tid} appears more than once")
                 ann = video.annotation_at(frame)
                 if ann is None or tid not in ann.track_ids:
-                    raise AnnotationFormatError(
-                        f"{w}: all_classes.json has no mask of track {tid} at {img!r}"
-                    )
+                    raise AnnotationFormatError(f"{w}: all_classes.json has no mask of track {tid} at {img!r}")
                 bbox = require_key(value, "bbox", w, (list,))
                 if len(bbox) != 4:
                     raise AnnotationFormatError(f"{w}: 'bbox' must be [x, y, w, h]")
                 point = _point(require_key(value, "point", w), w)
-                prompts[tid] = Prompt(
-                    track_id=tid, frame=frame, point=point, bbox=tuple(float(b) for b in bbox)
-                )
+                prompts[tid] = Prompt(track_id=tid, frame=frame, point=point, bbox=tuple(float(b) for b in bbox))
         missing = sorted(set(t for a in video.annotations for t in a.track_ids) - set(prompts))
         if missing:
             raise AnnotationFormatError(f"{where}: track {missing[0]} has no first-frame annotation")
@@ -265,14 +262,8 @@ def read(
     seqs = parse_sequences(data, ann_path)
     categories = _read_categories(data, ann_path)
     cat_ids = {c.id for c in categories}
-    videos = [
-        _read_sequence(s, i, ann_path, img_root, split, cat_ids, check_frames) for i, s in enumerate(seqs)
-    ]
-    ff_path = (
-        root / split / "first_frame_annotations.json"
-        if first_frame_file in (None, True)
-        else first_frame_file
-    )
+    videos = [_read_sequence(s, i, ann_path, img_root, split, cat_ids, check_frames) for i, s in enumerate(seqs)]
+    ff_path = root / split / "first_frame_annotations.json" if first_frame_file in (None, True) else first_frame_file
     use_ff = first_frame_file is not False and (first_frame_file is not None or Path(ff_path).is_file())
     if use_ff:
         _read_first_frame(Path(ff_path), {v.meta["burst_id"]: v for v in videos})
@@ -300,9 +291,7 @@ def write_ground_truth(
     return _burst_write.write_ground_truth(root, split, videos, categories, **options)
 
 
-def write_results(
-    out: str | Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any
-) -> Path:
+def write_results(out: str | Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any) -> Path:
     """Write the BURST results JSON (see `_burst_write.write_results`)."""
     from vidseg.data.formats import _burst_write
 
