@@ -25,7 +25,6 @@ from vidseg.data.formats.common import (
     read_png,
     require_dir,
     require_key,
-    sorted_frame_files,
     write_json_atomic,
     write_rgb_png,
 )
@@ -38,6 +37,7 @@ from vidseg.data.formats.vps_common import (
     label_files,
     prediction_frames,
     prediction_panoptic_maps,
+    result_pngs,
     scanned_annotations,
     write_frame,
 )
@@ -47,7 +47,6 @@ from vidseg.data.records import (
     Category,
     DatasetRecord,
     FrameLabels,
-    FrameSource,
     GroundTruthVideo,
     MissingFileError,
     VideoPrediction,
@@ -185,7 +184,6 @@ def read(
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         for seq in seqs:
             frames, index, (height, width) = frames_of_video(image_dir / seq, "sequence without frames")
-            names = [p.stem for p in frames]
             required = f"panoptic_maps folder of sequence {seq}" if require_annotations else None
             maps = label_files(pan_dir / seq, required, index, "panoptic map", image_dir / seq, ".*")
             scans = list(pool.map(lambda m, s=(height, width): _scan(m, s, cids, things), maps))
@@ -194,7 +192,7 @@ def read(
             videos.append(
                 VideoRecord(
                     video_id=seq,
-                    frames=FrameSource(kind="images", paths=frames, names=names),
+                    frames=frames,
                     height=height,
                     width=width,
                     tracks=tracks,
@@ -275,12 +273,7 @@ def read_results(path: Path, dataset: DatasetRecord) -> list[VideoPrediction]:
     out = []
     for video in dataset.videos:
         folder = require_dir(path / video.video_id, f"results folder of sequence {video.video_id}")
-        index = {n: i for i, n in enumerate(video.frames.names)}
-        files = sorted_frame_files(folder, (".png",))
-        for f in files:
-            if f.stem not in index:
-                raise AnnotationFormatError(f"{f}: not a frame of sequence {video.video_id!r}")
-        files.sort(key=lambda f: index[f.stem])
+        files = result_pngs(folder, video, f"sequence {video.video_id!r}")
         # things=all ids: a predicted instance on any class is kept as predicted, not rejected
         maps = [read_panoptic_png(f, (video.height, video.width), cids, cids) for f in files]
         out.append(

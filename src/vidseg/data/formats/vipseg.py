@@ -60,7 +60,6 @@ from vidseg.data.records import (
     Category,
     DatasetRecord,
     FrameLabels,
-    FrameSource,
     GroundTruthVideo,
     VideoPrediction,
     VideoRecord,
@@ -165,7 +164,7 @@ def read(
             videos.append(
                 VideoRecord(
                     video_id=name,
-                    frames=FrameSource(kind="images", paths=frames, names=[p.stem for p in frames]),
+                    frames=frames,
                     height=height,
                     width=width,
                     tracks=tracks,

@@ -27,6 +27,7 @@ from vidseg.data.records import (
     Category,
     FrameAnnotation,
     FrameLabels,
+    FrameSource,
     GroundTruthVideo,
     MissingFileError,
     TrackInfo,
@@ -79,13 +80,27 @@ def image_size(path: Path) -> tuple[int, int]:
     return image_header_size(require_file(path, "frame image"))
 
 
-def frames_of_video(frames_dir: Path, empty: str) -> tuple[list[Path], dict[str, int], tuple[int, int]]:
-    """(sorted frame files, frame index by stem, (H, W) of the first frame) of one video folder; a folder
-    without frames is a MissingFileError "<frames_dir>: <empty>" (e.g. "video without frames")."""
+def frames_of_video(frames_dir: Path, empty: str) -> tuple[FrameSource, dict[str, int], tuple[int, int]]:
+    """(image FrameSource of the sorted frame files, frame index by stem, (H, W) of the first frame) of one
+    video folder; a folder without frames is a MissingFileError "<frames_dir>: <empty>" (e.g. "video without
+    frames")."""
     frames = sorted_frame_files(frames_dir)
     if not frames:
         raise MissingFileError(f"{frames_dir}: {empty}")
-    return frames, {p.stem: i for i, p in enumerate(frames)}, image_size(frames[0])
+    size = image_size(frames[0])
+    names = [p.stem for p in frames]
+    return FrameSource(kind="images", paths=frames, names=names), {n: i for i, n in enumerate(names)}, size
+
+
+def result_pngs(folder: Path, video: VideoRecord, what: str) -> list[Path]:
+    """The PNGs of one video's result folder in frame order; a PNG whose stem is no frame of the video is an
+    AnnotationFormatError "<png>: not a frame of <what>"."""
+    index = {name: i for i, name in enumerate(video.frames.names)}
+    files = sorted_frame_files(folder, (".png",))
+    for f in files:
+        if f.stem not in index:
+            raise AnnotationFormatError(f"{f}: not a frame of {what}")
+    return sorted(files, key=lambda f: index[f.stem])
 
 
 def label_files(

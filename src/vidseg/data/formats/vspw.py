@@ -20,7 +20,6 @@ from vidseg.data.formats.common import (
     load_json,
     read_png,
     require_dir,
-    sorted_frame_files,
     write_index_png,
     write_json_atomic,
 )
@@ -30,6 +29,7 @@ from vidseg.data.formats.vps_common import (
     label_files,
     prediction_frames,
     read_split_list,
+    result_pngs,
     write_frame,
 )
 from vidseg.data.records import (
@@ -39,7 +39,6 @@ from vidseg.data.records import (
     DatasetRecord,
     FrameAnnotation,
     FrameLabels,
-    FrameSource,
     GroundTruthVideo,
     VideoPrediction,
     VideoRecord,
@@ -111,7 +110,7 @@ def read(root: Path, split: str, *, require_annotations: bool | None = None, **o
         videos.append(
             VideoRecord(
                 video_id=name,
-                frames=FrameSource(kind="images", paths=frames, names=[p.stem for p in frames]),
+                frames=frames,
                 height=height,
                 width=width,
                 annotations=sorted(annotations, key=lambda a: a.frame),
@@ -200,12 +199,7 @@ def read_results(path: Path, dataset: DatasetRecord) -> list[VideoPrediction]:
     out = []
     for video in dataset.videos:
         folder = require_dir(path / video.video_id, f"results folder of video {video.video_id!r}")
-        index = {name: i for i, name in enumerate(video.frames.names)}
-        files = sorted_frame_files(folder, (".png",))
-        for f in files:
-            if f.stem not in index:
-                raise AnnotationFormatError(f"{f}: not a frame of video {video.video_id!r}")
-        files.sort(key=lambda f: index[f.stem])
+        files = result_pngs(folder, video, f"video {video.video_id!r}")
         maps = []
         for f in files:
             sem = read_png(f, channels=1, size=(video.height, video.width)).astype(np.int32)
