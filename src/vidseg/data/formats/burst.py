@@ -15,7 +15,7 @@ from typing import Any
 
 from pycocotools import mask as mask_utils
 
-from vidseg.data.formats.common import check_unique, load_json, require_key, to_compressed_rle
+from vidseg.data.formats.common import check_unique, load_json, require_int, require_key, to_compressed_rle
 from vidseg.data.records import (
     RLE,
     AnnotationFormatError,
@@ -33,13 +33,6 @@ from vidseg.data.records import (
 )
 
 FORMAT = "burst"
-
-
-def _int(obj: dict, key: str, where: str) -> int:
-    value = require_key(obj, key, where, (int,))
-    if isinstance(value, bool):
-        raise AnnotationFormatError(f"{where}: field '{key}' must be int, got bool")
-    return int(value)
 
 
 def _track_id(key: Any, where: str) -> int:
@@ -67,7 +60,7 @@ def parse_sequences(data: Any, path: Path) -> list[dict[str, Any]]:
     if not isinstance(data, dict):
         raise AnnotationFormatError(f"{path}: top level must be an object, got {type(data).__name__}")
     seqs = require_key(data, "sequences", str(path), (list,))
-    check_unique((_int(s, "id", f"{path} sequences[{i}]") for i, s in enumerate(seqs)), str(path), "sequence id")
+    check_unique((require_int(s, "id", f"{path} sequences[{i}]") for i, s in enumerate(seqs)), str(path), "sequence id")
     return seqs
 
 
@@ -75,7 +68,7 @@ def _read_categories(data: dict, path: Path) -> list[Category]:
     cats = require_key(data, "categories", str(path), (list,))
     out = [
         Category(
-            id=_int(c, "id", f"{path} categories[{i}]"),
+            id=require_int(c, "id", f"{path} categories[{i}]"),
             name=str(require_key(c, "name", f"{path} categories[{i}]", (str,))),
         )
         for i, c in enumerate(cats)
@@ -105,11 +98,11 @@ def _read_sequence(
     seq: Any, i: int, path: Path, image_root: Path, split: str, cat_ids: set[int], check_frames: bool
 ) -> VideoRecord:
     where = f"{path} sequences[{i}]"
-    sid = _int(seq, "id", where)
+    sid = require_int(seq, "id", where)
     dataset = require_key(seq, "dataset", where, (str,))
     seq_name = require_key(seq, "seq_name", where, (str,))
     where = f"{path} sequence {sid} ({dataset}/{seq_name})"
-    height, width = _int(seq, "height", where), _int(seq, "width", where)
+    height, width = require_int(seq, "height", where), require_int(seq, "width", where)
     frames, index = _frames(seq, where, image_root / split / dataset / seq_name, check_frames)
     annotated = require_key(seq, "annotated_image_paths", where, (list,))
     if not annotated:
@@ -195,7 +188,7 @@ def sequence_entry(
 ) -> tuple[str, VideoRecord, dict[str, int], list[tuple[Any, Any]]]:
     """(where, video, frame index by image path, (annotated image path, segmentation) pairs) of the i-th
     sequence entry of a BURST JSON; an id not in `videos` is an AnnotationFormatError "<where>: <unknown>"."""
-    sid = _int(seq, "id", f"{path} sequences[{i}]")
+    sid = require_int(seq, "id", f"{path} sequences[{i}]")
     where = f"{path} sequence {sid}"
     if sid not in videos:
         raise AnnotationFormatError(f"{where}: {unknown}")

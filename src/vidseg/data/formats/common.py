@@ -209,3 +209,11 @@ def image_header_size(path: Path) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError) as e:
         raise CorruptMediaError(f"{path}: cannot read image header ({e})") from e
     return int(height), int(width)
+
+
+def require_int(obj: Any, key: str, where: str) -> int:
+    """`obj[key]` as an int; missing, non-int or bool values are AnnotationFormatErrors naming `where`."""
+    value = require_key(obj, key, where, (int,))
+    if isinstance(value, bool):
+        raise AnnotationFormatError(f"{where}: field '{key}' must be int, got bool")
+    return int(value)

@@ -9,6 +9,7 @@ image_root="train"`. Validation/test files without annotations give videos with 
 from __future__ import annotations
 
 import os
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from vidseg.data.formats.common import (
     check_unique,
     encode_rle,
     load_json,
+    require_int,
     require_key,
     to_compressed_rle,
     write_json_atomic,
@@ -48,27 +50,34 @@ from vidseg.data.records import (
 FORMAT = "ytvis"
 
 
-def _paths(
-    root: Path, split: str, ann_file: str | Path | None, image_root: str | Path | None
-) -> tuple[Path, Path]:
+def _paths(root: Path, split: str, ann_file: str | Path | None, image_root: str | Path | None) -> tuple[Path, Path]:
     root = Path(root)
     ann = Path(ann_file) if ann_file is not None else Path(split) / "instances.json"
     img = Path(image_root) if image_root is not None else Path(split) / "JPEGImages"
     return (ann if ann.is_absolute() else root / ann), (img if img.is_absolute() else root / img)
 
 
-def _int_field(obj: dict, key: str, where: str) -> int:
-    value = require_key(obj, key, where, (int,))
-    if isinstance(value, bool):
-        raise AnnotationFormatError(f"{where}: field '{key}' must be int, got bool")
-    return int(value)
+def _known_id(obj: Any, key: str, where: str, known: Container[int], source: str) -> int:
+    """Int field `key` of `obj` whose value must be in `known`; else "<where>: <key> <value> is not in <source>"."""
+    value = require_int(obj, key, where)
+    if value not in known:
+        raise AnnotationFormatError(f"{where}: {key} {value} is not in {source}")
+    return value
+
+
+def _rles(segs: list[Any], video: VideoRecord, where: str) -> list[RLE | None]:
+    """Per-frame YouTube-VIS segmentations (RLE/polygon or null) as compressed RLEs of the video's size."""
+    return [
+        None if s is None else to_compressed_rle(s, video.height, video.width, f"{where} segmentations[{t}]")
+        for t, s in enumerate(segs)
+    ]
 
 
 def _read_categories(data: dict, where: str) -> list[Category]:
     cats = require_key(data, "categories", where, (list,))
     out = [
         Category(
-            id=_int_field(c, "id", f"{where} categories[{i}]"),
+            id=require_int(c, "id", f"{where} categories[{i}]"),
             name=str(require_key(c, "name", f"{where} categories[{i}]", (str,))),
         )
         for i, c in enumerate(cats)
@@ -89,14 +98,12 @@ def _check_frames_exist(paths: list[Path], where: str) -> None:
 
 def _read_video(v: Any, i: int, ann_path: Path, image_root: Path, check_frames: bool) -> VideoRecord:
     where = f"{ann_path} videos[{i}]"
-    vid = _int_field(v, "id", where)
+    vid = require_int(v, "id", where)
     where = f"{ann_path} video id {vid}"
-    height, width, length = (_int_field(v, k, where) for k in ("height", "width", "length"))
+    height, width, length = (require_int(v, k, where) for k in ("height", "width", "length"))
     file_names = require_key(v, "file_names", where, (list,))
     if len(file_names) != length:
-        raise AnnotationFormatError(
-            f"{where}: 'length' is {length} but 'file_names' has {len(file_names)} entries"
-        )
+        raise AnnotationFormatError(f"{where}: 'length' is {length} but 'file_names' has {len(file_names)} entries")
     if length == 0 or height <= 0 or width <= 0:
         raise AnnotationFormatError(f"{where}: empty video (length {length}, size {height}x{width})")
     if not all(isinstance(f, str) for f in file_names):
@@ -118,35 +125,25 @@ def _read_annotation(
     cat_ids: set[int],
 ) -> tuple[VideoRecord, TrackInfo, list[RLE | None]]:
     where = f"{ann_path} annotations[{i}]"
-    aid = _int_field(a, "id", where)
+    aid = require_int(a, "id", where)
     where = f"{ann_path} annotation id {aid}"
     if aid <= 0:
         raise AnnotationFormatError(f"{where}: annotation id must be positive (it is the track id)")
-    vid = _int_field(a, "video_id", where)
-    if vid not in videos:
-        raise AnnotationFormatError(f"{where}: video_id {vid} is not in 'videos'")
+    vid = _known_id(a, "video_id", where, videos, "'videos'")
     video = videos[vid]
-    cat = _int_field(a, "category_id", where)
-    if cat not in cat_ids:
-        raise AnnotationFormatError(f"{where}: category_id {cat} is not in 'categories'")
+    cat = _known_id(a, "category_id", where, cat_ids, "'categories'")
     iscrowd = require_key(a, "iscrowd", where, (int, bool))
     segs = require_key(a, "segmentations", where, (list,))
     areas = require_key(a, "areas", where, (list,))
     n = video.num_frames
     if len(segs) != n:
-        raise AnnotationFormatError(
-            f"{where}: 'segmentations' has {len(segs)} entries, video {vid} has {n} frames"
-        )
+        raise AnnotationFormatError(f"{where}: 'segmentations' has {len(segs)} entries, video {vid} has {n} frames")
     if len(areas) != n:
         raise AnnotationFormatError(f"{where}: 'areas' has {len(areas)} entries, video {vid} has {n} frames")
     bboxes = a.get("bboxes")
     if bboxes is not None and (not isinstance(bboxes, list) or len(bboxes) != n):
         raise AnnotationFormatError(f"{where}: 'bboxes' must have one entry per frame ({n})")
-    rles = [
-        None if s is None else to_compressed_rle(s, video.height, video.width, f"{where} segmentations[{t}]")
-        for t, s in enumerate(segs)
-    ]
-    return video, TrackInfo(track_id=aid, category_id=cat, iscrowd=bool(iscrowd)), rles
+    return video, TrackInfo(track_id=aid, category_id=cat, iscrowd=bool(iscrowd)), _rles(segs, video, where)
 
 
 def read(
@@ -180,9 +177,7 @@ def read(
     for i, a in enumerate(raw_anns or []):
         video, info, rles = _read_annotation(a, i, ann_path, by_id, cat_ids)
         if info.track_id in seen_ids:
-            raise AnnotationFormatError(
-                f"{ann_path} annotations[{i}]: duplicate annotation id {info.track_id}"
-            )
+            raise AnnotationFormatError(f"{ann_path} annotations[{i}]: duplicate annotation id {info.track_id}")
         seen_ids.add(info.track_id)
         video.tracks[info.track_id] = info
         per_video[video.meta["ytvis_id"]][info.track_id] = rles
@@ -208,11 +203,7 @@ def read(
 
 def _area(rle: RLE) -> int:
     counts = rle["counts"]
-    return int(
-        mask_utils.area(
-            {"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-        )
-    )
+    return int(mask_utils.area({"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}))
 
 
 def write_ground_truth(
@@ -255,9 +246,7 @@ def write_ground_truth(
                 present = bool(mask.any())
                 segs.append(uncompressed_rle(mask) if present else None)
                 areas.append(int(mask.sum()) if present else None)
-                bboxes.append(
-                    [float(x) for x in mask_utils.toBbox(_to_bytes(encode_rle(mask)))] if present else None
-                )
+                bboxes.append([float(x) for x in mask_utils.toBbox(_to_bytes(encode_rle(mask)))] if present else None)
             json_anns.append(
                 {
                     "id": len(json_anns) + 1,
@@ -292,9 +281,7 @@ def _results_path(out: str | Path) -> Path:
     return out if out.suffix == ".json" else out / "results.json"
 
 
-def write_results(
-    out: str | Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any
-) -> Path:
+def write_results(out: str | Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any) -> Path:
     """Write the YouTube-VIS results JSON (a list of {video_id, category_id, score, segmentations}) with one
     compressed RLE or `null` per frame. `out` is a .json path or a folder (then `<out>/results.json`)."""
     videos = video_lookup(dataset.videos)
@@ -311,13 +298,8 @@ def write_results(
             if trk.category_id is None or trk.category_id not in cat_ids:
                 raise ValueError(f"{w}: category_id {trk.category_id} is not a category of the dataset")
             if len(trk.masks) != video.num_frames:
-                raise ValueError(
-                    f"{w}: {len(trk.masks)} masks for {video.num_frames} frames (one per frame needed)"
-                )
-            segs = [
-                None if m is None else normalise_rle(m, size, f"{w} frame {t}")
-                for t, m in enumerate(trk.masks)
-            ]
+                raise ValueError(f"{w}: {len(trk.masks)} masks for {video.num_frames} frames (one per frame needed)")
+            segs = [None if m is None else normalise_rle(m, size, f"{w} frame {t}") for t, m in enumerate(trk.masks)]
             entries.append(
                 {
                     "video_id": int(video.meta["ytvis_id"]),
@@ -341,29 +323,18 @@ def read_results(path: str | Path, dataset: DatasetRecord) -> list[VideoPredicti
     tracks: dict[str, list[TrackPrediction]] = {v.video_id: [] for v in dataset.videos}
     for i, e in enumerate(data):
         where = f"{path} results[{i}]"
-        vid = _int_field(e, "video_id", where)
-        if vid not in by_int:
-            raise AnnotationFormatError(f"{where}: video_id {vid} is not in the ground truth")
+        vid = _known_id(e, "video_id", where, by_int, "the ground truth")
         video = by_int[vid]
-        cat = _int_field(e, "category_id", where)
-        if cat not in cat_ids:
-            raise AnnotationFormatError(f"{where}: category_id {cat} is not in the ground truth categories")
+        cat = _known_id(e, "category_id", where, cat_ids, "the ground truth categories")
         score = require_key(e, "score", where, (int, float))
         segs = require_key(e, "segmentations", where, (list,))
         if len(segs) != video.num_frames:
             raise AnnotationFormatError(
                 f"{where}: 'segmentations' has {len(segs)} entries, video {vid} has {video.num_frames} frames"
             )
-        masks = [
-            None
-            if s is None
-            else to_compressed_rle(s, video.height, video.width, f"{where} segmentations[{t}]")
-            for t, s in enumerate(segs)
-        ]
+        masks = _rles(segs, video, where)
         trk_list = tracks[video.video_id]
-        trk_list.append(
-            TrackPrediction(track_id=len(trk_list) + 1, category_id=cat, score=float(score), masks=masks)
-        )
+        trk_list.append(TrackPrediction(track_id=len(trk_list) + 1, category_id=cat, score=float(score), masks=masks))
     return [
         VideoPrediction(
             video_id=v.video_id,
