@@ -94,19 +94,6 @@ def rle_areas(rles: Sequence[RLE]) -> np.ndarray:
     )
 
 
-def rle_intersections(
-    dts: Sequence[RLE], gts: Sequence[RLE], dt_areas: np.ndarray, gt_areas: np.ndarray
-) -> np.ndarray:
-    """Exact pixel intersections [D, G] (int64) from pycocotools' RLE IoU: with u = a_d + a_g - i and
-    iou = i / u, i = iou (a_d + a_g) / (1 + iou); the float error is far below 0.5, so rounding is exact."""
-    if len(dts) == 0 or len(gts) == 0:
-        return np.zeros((len(dts), len(gts)), dtype=np.int64)
-    iou = np.asarray(mask_utils.iou(list(dts), list(gts), [0] * len(gts)), dtype=np.float64)
-    iou = iou.reshape(len(dts), len(gts))
-    total = (dt_areas[:, None] + gt_areas[None, :]).astype(np.float64)
-    return np.rint(iou * total / (1.0 + iou)).astype(np.int64)
-
-
 def grouped_rle_ious(
     d_rles: Sequence[RLE], d_group: np.ndarray, g_rles: Sequence[RLE], g_group: np.ndarray, max_cells: int = 512
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,10 +1,7 @@
-"""Helpers shared by the dense (label-map) metrics VPQ, STQ and mIoU: vocabulary lookup tables, pairing of
-prediction frames with annotated GT frames, GT/prediction panoptic maps as compact int64 arrays, and
-linear-time unique/pair counting. Private to `vidseg.metrics`.
-
-Conventions of the arrays produced here: a semantic map holds the *vocabulary index* 0..C-1 of each pixel
-and C for void (IGNORE_LABEL or FrameLabels.void); an instance map holds a small positive slot per GT track
-(0 for stuff, crowd and void) or the predicted instance id (0 for stuff / no instance, forced to 0 on void).
+"""Helpers shared by the dense (label-map) metrics VPQ, STQ and mIoU: vocabulary lookup tables (vocabulary
+index 0..C-1, C for void), pairing of prediction frames with annotated GT frames, GT track slots, pair
+histograms (cv2.calcHist or one bincount), linear-time unique/pair counting, and reused work arrays.
+Private to `vidseg.metrics`.
 """
 
 from __future__ import annotations
@@ -180,13 +177,6 @@ def compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq.astype(np.int64), inverse.ravel()
 
 
-def panoptic_key(inst: np.ndarray, sem: np.ndarray, num_keys: int) -> np.ndarray:
-    """int64 key ``inst * num_keys + sem`` of every pixel (one pass, no int32 overflow)."""
-    key = np.multiply(inst, num_keys, dtype=np.int64)
-    key += sem
-    return key
-
-
 def pair_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Co-occurrence counts of two equally shaped int maps: (a values, b values, counts) of every pair
     that occurs at least once."""
@@ -243,44 +233,6 @@ class TrackSlots:
         if tid not in self.slot:
             self.slot[tid] = len(self.slot) + 1
         return self.slot[tid]
-
-
-def gt_panoptic(
-    labels: FrameLabels, vocab: Vocabulary, slots: TrackSlots, where: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(semantic index, track slot int32) of one GT frame. Void = IGNORE_LABEL or labels.void; crowd
-    tracks (TrackInfo.iscrowd) and thing pixels without a track keep slot 0 (crowd); the slot of void pixels
-    is meaningless (every (void, slot) key is void)."""
-    if labels.semantic is None:
-        raise AnnotationFormatError(f"{where}: GT has no semantic map (a panoptic/semantic format is needed)")
-    sem = vocab.index(labels.semantic, f"{where} (GT)")
-    shape = sem.shape
-    if labels.void is not None:
-        if labels.void.shape != shape:
-            raise AnnotationFormatError(f"{where}: GT void mask shape {labels.void.shape} != {shape}")
-        sem[labels.void] = vocab.void
-    inst = np.zeros(shape, dtype=np.int32)
-    for tid, mask in labels.masks.items():
-        if mask.shape != shape:
-            raise AnnotationFormatError(f"{where}: GT track {tid} mask shape {mask.shape} != {shape}")
-        if tid not in slots.crowd:
-            inst[mask] = slots.get(tid)
-    return sem, inst
-
-
-def pred_panoptic(
-    sem: np.ndarray, inst: np.ndarray, vocab: Vocabulary, where: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(semantic index, instance int32/int64) of one predicted frame. Void pixels keep their instance: the
-    metrics treat every (void, instance) key as void."""
-    sem_idx = vocab.index(sem, f"{where} (prediction)")
-    if inst.shape != sem.shape:
-        raise AnnotationFormatError(f"{where}: instance map shape {inst.shape} != semantic {sem.shape}")
-    if inst.dtype.kind not in "iu":
-        raise AnnotationFormatError(f"{where}: instance map must be integer, got {inst.dtype}")
-    if inst.dtype.kind == "i" and inst.size and int(inst.min()) < 0:
-        raise AnnotationFormatError(f"{where}: negative predicted instance id {int(inst.min())}")
-    return sem_idx, inst
 
 
 def tensor(x: np.ndarray | float | int, like: torch.Tensor) -> torch.Tensor:
