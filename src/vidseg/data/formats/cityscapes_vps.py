@@ -29,6 +29,7 @@ from vidseg.data.formats.common import (
 from vidseg.data.formats.vps_common import (
     MAX_SEGMENT_ID,
     SegmentIds,
+    category_from_json,
     check_ground_truth,
     check_listed_ids,
     check_panoptic_values,
@@ -74,21 +75,17 @@ def image_id_of(file_name: str) -> str:
     return file_name.rsplit("_", 2)[0] if file_name.count("_") >= 2 else Path(file_name).stem
 
 
+def _rgb_color(color: Any) -> tuple[int, ...] | None:
+    """A category's color as an int triple when it is a list of three values, else None."""
+    return tuple(int(v) for v in color) if isinstance(color, list) and len(color) == 3 else None
+
+
 def parse_categories(raw: Any, where: str) -> list[Category]:
     if not isinstance(raw, list) or not raw:
         raise AnnotationFormatError(f"{where}: 'categories' must be a non-empty list")
     cats = []
     for i, c in enumerate(raw):
-        w = f"{where}: categories[{i}]"
-        color = c.get("color") if isinstance(c, dict) else None
-        cats.append(
-            Category(
-                id=require_key(c, "id", w, int),
-                name=require_key(c, "name", w, str),
-                isthing=bool(require_key(c, "isthing", w, (bool, int))),
-                color=tuple(int(v) for v in color) if isinstance(color, list) and len(color) == 3 else None,
-            )
-        )
+        cats.append(category_from_json(c, f"{where}: categories[{i}]", _rgb_color))
     check_unique((c.id for c in cats), where, "category id")
     return cats
 

@@ -24,11 +24,11 @@ from vidseg.data.formats.common import (
     load_json,
     read_png,
     require_dir,
-    require_key,
     write_json_atomic,
     write_rgb_png,
 )
 from vidseg.data.formats.vps_common import (
+    category_from_json,
     check_ground_truth,
     check_name,
     check_panoptic_values,
@@ -127,6 +127,10 @@ def _scan(path: Path, size: tuple[int, int], cids: tuple[int, ...], things: tupl
     return [int(t) for t in np.unique(key[key > 0]).tolist()]
 
 
+def _color_tuple(color: Any) -> tuple[int, ...] | None:
+    return tuple(color) if color is not None else None
+
+
 def load_categories(root: Path, categories: list[Category] | None = None) -> list[Category]:
     """`categories` if given, else the root's vidseg_categories.json if present, else the default 19."""
     if categories is None:
@@ -138,16 +142,7 @@ def load_categories(root: Path, categories: list[Category] | None = None) -> lis
             raise AnnotationFormatError(f"{path}: expected a non-empty list of categories")
         categories = []
         for i, c in enumerate(data):
-            where = f"{path}: category {i}"
-            color = c.get("color") if isinstance(c, dict) else None
-            categories.append(
-                Category(
-                    id=require_key(c, "id", where, int),
-                    name=require_key(c, "name", where, str),
-                    isthing=bool(require_key(c, "isthing", where, (bool, int))),
-                    color=tuple(color) if color is not None else None,
-                )
-            )
+            categories.append(category_from_json(c, f"{path}: category {i}", _color_tuple))
     ids = [c.id for c in categories]
     if len(set(ids)) != len(ids) or any(not 0 <= i < IGNORE_LABEL for i in ids):
         raise AnnotationFormatError(f"{root}: KITTI-STEP category ids must be unique and in 0..254, got {ids}")

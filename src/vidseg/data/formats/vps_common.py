@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -19,6 +20,7 @@ from vidseg.data.formats.common import (
     read_png,
     require_dir,
     require_file,
+    require_key,
     sorted_frame_files,
 )
 from vidseg.data.records import (
@@ -73,6 +75,17 @@ def cityscapes_categories(things: Iterable[int]) -> list[Category]:
 # ----------------------------------------------------------------------------------------------------------
 # frames
 # ----------------------------------------------------------------------------------------------------------
+
+
+def category_from_json(entry: Any, where: str, color_of: Callable[[Any], tuple[int, ...] | None]) -> Category:
+    """Category of one JSON vocabulary entry: required `id` (int), `name` (str), `isthing` (bool or 0/1);
+    the optional raw `color` goes through the format's `color_of`."""
+    return Category(
+        id=require_key(entry, "id", where, int),
+        name=require_key(entry, "name", where, str),
+        isthing=bool(require_key(entry, "isthing", where, (bool, int))),
+        color=color_of(entry.get("color")),
+    )
 
 
 def image_size(path: Path) -> tuple[int, int]:
