@@ -159,17 +159,23 @@ def test_rgb_png_is_rejected(copy: Path) -> None:
         davis.read(copy, "val")
 
 
-def test_wrong_size_png_is_rejected(copy: Path) -> None:
-    write_index_png(copy / "Annotations/480p/beta/00002.png", np.zeros((32, 80), np.uint8))
-    with pytest.raises(CorruptMediaError, match=r"beta/00002.png: PNG size 32x80 .* video's 64x80"):
-        davis.read(copy, "val")
-
-
-def test_id_above_object_count(copy: Path) -> None:
-    labels = np.zeros((64, 80), np.uint8)
-    labels[5:9, 5:9] = 3  # beta's N is 2
-    write_index_png(copy / "Annotations/480p/beta/00004.png", labels)
-    with pytest.raises(AnnotationFormatError, match=r"beta/00004.png: object id 3 is above .* N=2"):
+@pytest.mark.parametrize(
+    ("png", "shape", "object_id", "error", "match"),
+    [
+        ("beta/00002.png", (32, 80), 0, CorruptMediaError, r"beta/00002.png: PNG size 32x80 .* video's 64x80"),
+        # beta's N is 2
+        ("beta/00004.png", (64, 80), 3, AnnotationFormatError, r"beta/00004.png: object id 3 is above .* N=2"),
+        ("alpha/00042.png", (64, 80), 0, AnnotationFormatError, r"alpha/00042.png: annotation of frame '00042'"),
+    ],
+    ids=["wrong_size", "id_above_object_count", "annotation_without_frame"],
+)
+def test_bad_annotation_png_is_rejected(
+    copy: Path, png: str, shape: tuple[int, int], object_id: int, error: type[Exception], match: str
+) -> None:
+    labels = np.zeros(shape, np.uint8)
+    labels[5:9, 5:9] = object_id
+    write_index_png(copy / "Annotations/480p" / png, labels)
+    with pytest.raises(error, match=match):
         davis.read(copy, "val")
 
 
@@ -177,12 +183,6 @@ def test_truncated_png_is_corrupt(copy: Path) -> None:
     path = copy / "Annotations/480p/alpha/00001.png"
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(CorruptMediaError, match=r"alpha/00001.png"):
-        davis.read(copy, "val")
-
-
-def test_annotation_without_frame(copy: Path) -> None:
-    write_index_png(copy / "Annotations/480p/alpha/00042.png", np.zeros((64, 80), np.uint8))
-    with pytest.raises(AnnotationFormatError, match=r"alpha/00042.png: annotation of frame '00042'"):
         davis.read(copy, "val")
 
 

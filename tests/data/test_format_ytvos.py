@@ -157,17 +157,19 @@ def test_missing_annotation_folder(copy: Path) -> None:
         ytvos.read(copy, "train")
 
 
-def test_png_with_unknown_object_when_scanned(copy: Path) -> None:
+@pytest.mark.parametrize(
+    ("png", "object_id", "match"),
+    [
+        ("beta/00000.png", 9, r"beta/00000.png: object id 9 is not an object"),  # the sparse PNGs are scanned
+        ("alpha/00010.png", 0, r"video 'alpha' object 2: no annotation PNG"),  # object 2's only PNG, emptied
+    ],
+    ids=["unknown_object_when_scanned", "object_never_annotated"],
+)
+def test_bad_sparse_annotation_png_is_rejected(copy: Path, png: str, object_id: int, match: str) -> None:
     labels = np.zeros((64, 80), np.uint8)
-    labels[1:5, 1:5] = 9
-    write_index_png(copy / "valid/Annotations/beta/00000.png", labels)
-    with pytest.raises(AnnotationFormatError, match=r"beta/00000.png: object id 9 is not an object"):
-        ytvos.read(copy, "valid")
-
-
-def test_object_never_annotated(copy: Path) -> None:
-    write_index_png(copy / "valid/Annotations/alpha/00010.png", np.zeros((64, 80), np.uint8))
-    with pytest.raises(AnnotationFormatError, match=r"video 'alpha' object 2: no annotation PNG"):
+    labels[1:5, 1:5] = object_id
+    write_index_png(copy / "valid/Annotations" / png, labels)
+    with pytest.raises(AnnotationFormatError, match=match):
         ytvos.read(copy, "valid")
 
 
