@@ -38,9 +38,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
 
 @pytest.fixture()
 def copy(tmp_path: Path, written: tuple[Path, list]) -> Path:
-    dst = tmp_path / "burst"
-    shutil.copytree(written[0], dst)
-    return dst
+    return shutil.copytree(written[0], tmp_path / "burst")
 
 
 def _edit(root: Path, fname: str, edit) -> None:

@@ -33,9 +33,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
 @pytest.fixture()
 def copy(tmp_path: Path, written: tuple[Path, list]) -> Path:
     """A private copy of the written dataset that a test may damage."""
-    dst = tmp_path / "davis"
-    shutil.copytree(written[0], dst)
-    return dst
+    return shutil.copytree(written[0], tmp_path / "davis")
 
 
 def test_registry_points_here() -> None:

@@ -31,9 +31,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
 
 @pytest.fixture()
 def copy(tmp_path: Path, written: tuple[Path, list]) -> Path:
-    dst = tmp_path / "ytvos"
-    shutil.copytree(written[0], dst)
-    return dst
+    return shutil.copytree(written[0], tmp_path / "ytvos")
 
 
 def _edit_meta(root: Path, split: str, edit) -> None:
