@@ -8,6 +8,11 @@ In both, frame 0 holds the largest track id (a valid DAVIS object count N).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -157,3 +162,13 @@ def _dec(r: dict) -> np.ndarray:
     return mask_utils.decode({"size": r["size"], "counts": c.encode() if isinstance(c, str) else c}).astype(
         bool
     )
+
+
+def edit_json(path: Path, edit: Callable[[Any], object], out: Path | None = None) -> Path:
+    """Load the JSON file `path`, let `edit` change the data in place, write it to `out` (default: back to
+    `path`) and return where it went: the way the tests build damaged inputs."""
+    data = json.loads(Path(path).read_text())
+    edit(data)
+    target = Path(out) if out is not None else Path(path)
+    target.write_text(json.dumps(data))
+    return target

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _gt_builders import assert_predictions_equal, gt_masks, make_videos, predictions_from_gt, rle
+from _gt_builders import assert_predictions_equal, edit_json, gt_masks, make_videos, predictions_from_gt, rle
 from PIL import Image
 from scipy import ndimage
 
@@ -42,10 +42,7 @@ def copy(tmp_path: Path, written: tuple[Path, list]) -> Path:
 
 
 def _edit(root: Path, fname: str, edit) -> None:
-    path = root / "val" / fname
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
+    edit_json(root / "val" / fname, edit)
 
 
 def test_registry_points_here() -> None:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _gt_builders import edit_json
 from _panoptic_builders import crowd_mask, make_video, panoptic_prediction, same_partition, track_prediction
 from PIL import Image
 
@@ -37,9 +38,7 @@ def _gt_json(root):
 
 
 def _edit_json(root, edit):
-    data = _gt_json(root)
-    edit(data)
-    (root / "panoptic_gt_val_city_vps.json").write_text(json.dumps(data))
+    edit_json(root / "panoptic_gt_val_city_vps.json", edit)
 
 
 def test_layout(written):
@@ -181,9 +180,7 @@ def test_results_errors(written, tmp_path):
     with pytest.raises(AnnotationFormatError, match=r"none for \['0002'\]"):
         cityscapes_vps.write_results(tmp_path / "r0", preds[:1], record)
     out = cityscapes_vps.write_results(tmp_path / "r1", preds, record)
-    data = json.loads((out / "pred.json").read_text())
-    data["annotations"][0]["segments_info"].pop()
-    (out / "pred.json").write_text(json.dumps(data))
+    edit_json(out / "pred.json", lambda data: data["annotations"][0]["segments_info"].pop())
     with pytest.raises(AnnotationFormatError, match="is not in segments_info"):
         cityscapes_vps.read_results(out, record)
 

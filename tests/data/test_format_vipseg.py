@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _gt_builders import edit_json
 from _panoptic_builders import make_video, panoptic_prediction, same_partition, track_prediction
 from PIL import Image
 
@@ -202,9 +203,7 @@ def test_results_frame_count_must_match(written, tmp_path):
     record = vipseg.read(root, "val")
     preds = [panoptic_prediction(gt, v.frames.names) for gt, v in zip(videos, record.videos)]
     out = vipseg.write_results(tmp_path / "res", preds, record)
-    data = json.loads((out / "pred.json").read_text())
-    data["annotations"][0]["annotations"].pop()
-    (out / "pred.json").write_text(json.dumps(data))
+    edit_json(out / "pred.json", lambda data: data["annotations"][0]["annotations"].pop())
     with pytest.raises(AnnotationFormatError, match="5 frames, the GT has 6"):
         vipseg.read_results(out, record)
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _gt_builders import CATEGORIES, assert_predictions_equal, gt_masks, make_videos, predictions_from_gt, rle
+from _gt_builders import (
+    CATEGORIES,
+    assert_predictions_equal,
+    edit_json,
+    gt_masks,
+    make_videos,
+    predictions_from_gt,
+    rle,
+)
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -29,12 +37,7 @@ def _load(root: Path) -> dict:
 
 def _corrupt(tmp_path: Path, written: tuple[Path, list], edit) -> Path:
     """Copy the written JSON into tmp_path (frames stay in the fixture root), apply `edit`."""
-    root, _ = written
-    data = _load(root)
-    edit(data)
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(data))
-    return path
+    return edit_json(written[0] / "train" / "instances.json", edit, tmp_path / "bad.json")
 
 
 def _read_bad(path: Path, written: tuple[Path, list]):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _gt_builders import CATEGORIES, assert_predictions_equal, gt_masks, make_videos, predictions_from_gt
+from _gt_builders import CATEGORIES, assert_predictions_equal, edit_json, gt_masks, make_videos, predictions_from_gt
 from PIL import Image
 
 from vidseg.data.formats import get_format, ytvos
@@ -35,10 +35,7 @@ def copy(tmp_path: Path, written: tuple[Path, list]) -> Path:
 
 
 def _edit_meta(root: Path, split: str, edit) -> None:
-    path = root / split / "meta.json"
-    meta = json.loads(path.read_text())
-    edit(meta)
-    path.write_text(json.dumps(meta))
+    edit_json(root / split / "meta.json", edit)
 
 
 def test_registry_points_here() -> None:
