@@ -155,7 +155,7 @@ def pair_histogram(a: np.ndarray, b: np.ndarray, ra: int, rb: int, scratch: Scra
         hist = cv2.calcHist(small, [0, 1], None, [ra, rb], [0, ra, 0, rb])
         return hist.astype(np.int64)
     cell = scratch.get("pair_cell", a.shape, np.int64)
-    np.multiply(a, rb, out=cell, casting="unsafe")
+    np.multiply(a, rb, out=cell, dtype=np.int64, casting="unsafe")  # int64 arithmetic: no wrap-around
     np.add(cell, b, out=cell, casting="unsafe")  # values are bounded by the caller's range check
     return np.bincount(cell.ravel(), minlength=ra * rb).reshape(ra, rb)
 

@@ -130,9 +130,11 @@ def segment_pairs(
         inst_ids, inverse = np.unique(inst, return_inverse=True)
         num_p = len(inst_ids) * c1
         key_type = _key_type(max(num_g, num_p))
-        p_key = np.multiply(inverse.reshape(shape), c1, out=scratch.get("p_key", shape, key_type), casting="unsafe")
+        p_key = scratch.get("p_key", shape, key_type)
+        np.multiply(inverse.reshape(shape), c1, out=p_key, dtype=key_type, casting="unsafe")
     np.add(p_key, p_cls, out=p_key, casting="unsafe")
-    g_key = np.multiply(g_slot, c1, out=scratch.get("g_key", shape, key_type), casting="unsafe")
+    # the loop type is given: the slot map's small type would wrap around
+    g_key = np.multiply(g_slot, c1, out=scratch.get("g_key", shape, key_type), dtype=key_type, casting="unsafe")
     np.add(g_key, g_cls, out=g_key, casting="unsafe")
     if num_g * num_p <= max(1 << 16, 4 * inst.size):
         counts = pair_histogram(g_key, p_key, num_g, num_p, scratch)

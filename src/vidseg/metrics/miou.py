@@ -150,9 +150,9 @@ class _VideoCounter:
             changed = np.not_equal(p, self.prev_p, out=self.scratch.get("changed", g.shape, bool))
             changed |= changed_g
             stamp = self.scratch.get("stamp", g.shape, self.dtype)
-            np.multiply(changed_g.view(np.int8), t, out=stamp, casting="unsafe")
+            np.multiply(changed_g, t, out=stamp, dtype=self.dtype)
             np.maximum(self.last_g, stamp, out=self.last_g)
-            np.multiply(changed.view(np.int8), t, out=stamp, casting="unsafe")
+            np.multiply(changed, t, out=stamp, dtype=self.dtype)
             np.maximum(self.last_both, stamp, out=self.last_both)
         self.prev_g, self.prev_p = g, p
         if t > self.num_frames - 2:
