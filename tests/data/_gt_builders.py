@@ -19,6 +19,8 @@ from pycocotools import mask as mask_utils
 from vidseg.data.records import (
     IGNORE_LABEL,
     Category,
+    FrameAnnotation,
+    FrameLabels,
     GroundTruthVideo,
     Point,
     TrackPrediction,
@@ -105,6 +107,17 @@ def gt_masks(video: GroundTruthVideo, t: int) -> dict[int, np.ndarray]:
     """Track id -> non-empty bool mask at frame t."""
     imap = video.instance_maps[t]
     return {int(k): imap == k for k in np.unique(imap) if k != 0}
+
+
+def assert_decodes_to_gt(ann: FrameAnnotation, video: GroundTruthVideo) -> FrameLabels:
+    """Decode `ann` and assert its masks are exactly the GT tracks of its frame (ids, `track_ids`, pixels);
+    returns the decoded labels for format-specific checks."""
+    expected = gt_masks(video, ann.frame)
+    labels = ann.decode()
+    assert set(labels.masks) == set(expected) == set(ann.track_ids)
+    for k, m in expected.items():
+        np.testing.assert_array_equal(labels.masks[k], m)
+    return labels
 
 
 def rle(mask: np.ndarray) -> dict:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _gt_builders import assert_predictions_equal, edit_json, gt_masks, make_videos, predictions_from_gt, rle
+from _gt_builders import (
+    assert_decodes_to_gt,
+    assert_predictions_equal,
+    edit_json,
+    make_videos,
+    predictions_from_gt,
+    rle,
+)
 from PIL import Image
 from scipy import ndimage
 
@@ -61,11 +68,7 @@ def test_gt_round_trip(written: tuple[Path, list]) -> None:
         assert {k: t.category_id for k, t in rec.tracks.items()} == video.track_categories
         assert rec.annotated_frames == list(range(len(video.frames)))
         for ann in rec.annotations:
-            expected = gt_masks(video, ann.frame)
-            labels = ann.decode()
-            assert set(labels.masks) == set(expected) == set(ann.track_ids)
-            for k, m in expected.items():
-                np.testing.assert_array_equal(labels.masks[k], m)
+            assert_decodes_to_gt(ann, video)
         # exemplars: the given point, or the distance-transform peak of the first mask
         for p in rec.prompts:
             mask = video.instance_maps[p.frame] == p.track_id

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _gt_builders import CATEGORIES, assert_predictions_equal, gt_masks, make_videos, predictions_from_gt, rle
+from _gt_builders import (
+    CATEGORIES,
+    assert_decodes_to_gt,
+    assert_predictions_equal,
+    make_videos,
+    predictions_from_gt,
+    rle,
+)
 from PIL import Image
 
 from vidseg.data.formats import davis, get_format
@@ -62,11 +69,7 @@ def test_gt_round_trip_masks_void_prompts(written: tuple[Path, list]) -> None:
         assert all(t.category_id is None for t in rec.tracks.values())
         assert rec.annotated_frames == list(range(len(video.frames)))
         for ann in rec.annotations:
-            expected = gt_masks(video, ann.frame)
-            labels = ann.decode()
-            assert set(labels.masks) == set(expected) == set(ann.track_ids)
-            for k, m in expected.items():
-                np.testing.assert_array_equal(labels.masks[k], m)
+            labels = assert_decodes_to_gt(ann, video)
             void = (video.semantic_maps[ann.frame] == IGNORE_LABEL) & (video.instance_maps[ann.frame] == 0)
             np.testing.assert_array_equal(labels.void, void)
         first = {

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _gt_builders import CATEGORIES, assert_predictions_equal, edit_json, gt_masks, make_videos, predictions_from_gt
+from _gt_builders import (
+    CATEGORIES,
+    assert_decodes_to_gt,
+    assert_predictions_equal,
+    edit_json,
+    make_videos,
+    predictions_from_gt,
+)
 from PIL import Image
 
 from vidseg.data.formats import get_format, ytvos
@@ -57,12 +64,7 @@ def test_dense_round_trip(written: tuple[Path, list]) -> None:
         }
         assert rec.annotated_frames == list(range(len(video.frames)))
         for ann in rec.annotations:
-            expected = gt_masks(video, ann.frame)
-            labels = ann.decode()
-            assert set(labels.masks) == set(expected) == set(ann.track_ids)
-            assert labels.void is None
-            for k, m in expected.items():
-                np.testing.assert_array_equal(labels.masks[k], m)
+            assert assert_decodes_to_gt(ann, video).void is None
         assert [(p.track_id, p.frame) for p in rec.prompts] == [
             (k, _first(video, k)) for k in sorted(rec.tracks)
         ]
