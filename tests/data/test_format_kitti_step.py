@@ -131,16 +131,6 @@ def test_error_not_three_channels(written):
         kitti_step.read(root, "val")
 
 
-def test_error_bad_semantic_id(written):
-    root, videos = written
-    png = root / "panoptic_maps" / "val" / "0006" / "000002.png"
-    rgb = np.array(Image.open(png))
-    rgb[10, 10, 0] = 40
-    Image.fromarray(rgb).save(png)
-    with pytest.raises(AnnotationFormatError, match=r"0006/000002\.png: semantic id 40"):
-        kitti_step.read(root, "val")
-
-
 def test_error_wrong_size(written):
     root, _ = written
     png = root / "panoptic_maps" / "val" / "0002" / "000004.png"
@@ -149,13 +139,21 @@ def test_error_wrong_size(written):
         kitti_step.read(root, "val")
 
 
-def test_error_instance_on_stuff(written):
+@pytest.mark.parametrize(
+    ("png", "pixel", "value", "match"),
+    [
+        ("0006/000002.png", (10, 10, 0), 40, r"0006/000002\.png: semantic id 40"),
+        ("0002/000000.png", (40, 70), (ROAD, 0, 3), "instance id 3 on stuff class 0"),
+    ],
+    ids=["bad_semantic_id", "instance_on_stuff"],
+)
+def test_error_bad_panoptic_value(written, png, pixel, value, match):
     root, _ = written
-    png = root / "panoptic_maps" / "val" / "0002" / "000000.png"
-    rgb = np.array(Image.open(png))
-    rgb[40, 70] = (ROAD, 0, 3)
-    Image.fromarray(rgb).save(png)
-    with pytest.raises(AnnotationFormatError, match="instance id 3 on stuff class 0"):
+    path = root / "panoptic_maps" / "val" / png
+    rgb = np.array(Image.open(path))
+    rgb[pixel] = value
+    Image.fromarray(rgb).save(path)
+    with pytest.raises(AnnotationFormatError, match=match):
         kitti_step.read(root, "val")
 
 
