@@ -109,10 +109,15 @@ def gt_masks(video: GroundTruthVideo, t: int) -> dict[int, np.ndarray]:
     return {int(k): imap == k for k in np.unique(imap) if k != 0}
 
 
-def assert_decodes_to_gt(ann: FrameAnnotation, video: GroundTruthVideo) -> FrameLabels:
-    """Decode `ann` and assert its masks are exactly the GT tracks of its frame (ids, `track_ids`, pixels);
-    returns the decoded labels for format-specific checks."""
+def assert_decodes_to_gt(
+    ann: FrameAnnotation, video: GroundTruthVideo, track_map: dict[int, int] | None = None
+) -> FrameLabels:
+    """Decode `ann` and assert its masks are exactly the GT tracks of its frame (ids, `track_ids`, pixels),
+    GT track ids renamed through `track_map` when the format renumbers them; returns the decoded labels for
+    format-specific checks."""
     expected = gt_masks(video, ann.frame)
+    if track_map is not None:
+        expected = {track_map[k]: m for k, m in expected.items()}
     labels = ann.decode()
     assert set(labels.masks) == set(expected) == set(ann.track_ids)
     for k, m in expected.items():

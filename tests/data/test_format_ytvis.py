@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from _gt_builders import (
     CATEGORIES,
+    assert_decodes_to_gt,
     assert_predictions_equal,
     edit_json,
-    gt_masks,
     make_videos,
     predictions_from_gt,
     rle,
@@ -68,11 +68,7 @@ def test_gt_round_trip_masks_ids_classes(written: tuple[Path, list]) -> None:
             assert rec.tracks[aid].iscrowd is False
         assert rec.annotated_frames == list(range(len(video.frames)))
         for ann in rec.annotations:
-            expected = {mapping[k]: m for k, m in gt_masks(video, ann.frame).items()}
-            labels = ann.decode()
-            assert set(labels.masks) == set(expected) == set(ann.track_ids)
-            for tid, m in expected.items():
-                np.testing.assert_array_equal(labels.masks[tid], m)
+            assert_decodes_to_gt(ann, video, mapping)
         # frames approximately (JPEG q95)
         for t, path in enumerate(rec.frames.paths):
             img = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
