@@ -12,6 +12,9 @@ reference/formats.md section 8.4 states). Per (video, class) HOTA is TrackEval's
 (19 alphas); states keep per class and alpha the sums of TP, FN, FP and AssA * TP (sum-reduced, DDP-safe).
 Per class: HOTA/DetA/AssA = mean over alphas; reported = 100 * mean over evaluated classes (GT present),
 and the same over the 78 'common' LVIS ids and over the others.
+Speed: the similarities of a whole video come from a few pycocotools calls grouped by (timestep, class);
+`hota_sequence` works on flat pair tables (one bincount for the potential matches; only the Hungarian
+matching loops over timesteps).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from vidseg.data.records import (
     VideoRecord,
 )
 from vidseg.metrics._common import pair_videos
-from vidseg.metrics._dense import Scratch, Vocabulary, raw_pair_histogram, scored_frames, tensor
+from vidseg.metrics._dense import Scratch, Vocabulary, cv2, id_range, raw_pair_histogram, scored_frames, tensor
 
 VSPW_VC_WINDOWS = (8, 16)
 
@@ -66,13 +66,9 @@ class SemanticMIoU(Metric):
             if labels.semantic is None:
                 raise AnnotationFormatError(f"{where}: GT has no semantic map")
             g = np.asarray(labels.semantic)
-            if labels.void is not None:
-                if labels.void.shape != g.shape:
-                    raise AnnotationFormatError(f"{where}: GT void mask shape {labels.void.shape} != {g.shape}")
-                outside = np.not_equal(g, IGNORE_LABEL, out=self._scratch.get("void", g.shape, bool))
-                if np.logical_and(outside, labels.void, out=outside).any():
-                    g = np.where(labels.void, IGNORE_LABEL, g)
-            counter.add(g, np.asarray(sem), where)
+            if labels.void is not None and labels.void.shape != g.shape:
+                raise AnnotationFormatError(f"{where}: GT void mask shape {labels.void.shape} != {g.shape}")
+            counter.add(g, labels.void, np.asarray(sem), where)
         c = self.vocab.num_classes
         self.confusion += tensor(counter.total[:c, :c], self.confusion)  # void GT row and column dropped
         self.vc_sum += tensor(counter.vc_sums, self.vc_sum)
@@ -135,11 +131,33 @@ class _VideoCounter:
         c1 = self.vocab.num_classes + 1
         return np.bincount((gi * c1 + pi).ravel(), minlength=c1 * c1).reshape(c1, c1)
 
-    def add(self, g: np.ndarray, p: np.ndarray, where: str) -> None:
-        """The next annotated frame: GT ids (void-adjusted) and predicted ids, same shape."""
+    def add(self, g: np.ndarray, void: np.ndarray | None, p: np.ndarray, where: str) -> None:
+        """The next annotated frame: GT ids, GT void mask (or None) and predicted ids, same shape."""
         self.t += 1
         t = self.t
-        self.total += self._confusion(g, p, where)
+        top_g, top_p = id_range(g), id_range(p)
+        if cv2 is not None and g.ndim == 2 and top_g is not None and top_p is not None and max(top_g, top_p) <= 256:
+            # byte copies (void folded in as max(id, 255 * void): IGNORE_LABEL is the largest byte), one
+            # OpenCV 2-D histogram, and the VC comparisons on bytes; two copy sets alternate (prev / current)
+            g8 = self.scratch.get(f"g8_{t % 2}", g.shape, np.uint8)
+            np.copyto(g8, g, casting="unsafe")
+            if void is not None:
+                void8 = self.scratch.get("void8", g.shape, np.uint8)
+                np.multiply(void, IGNORE_LABEL, out=void8, dtype=np.uint8)
+                np.maximum(g8, void8, out=g8)
+            p8 = self.scratch.get(f"p8_{t % 2}", g.shape, np.uint8)
+            np.copyto(p8, p, casting="unsafe")
+            rows = 256 if void is not None else top_g
+            hist = cv2.calcHist([g8, p8], [0, 1], None, [rows, top_p], [0, rows, 0, top_p]).astype(np.int64)
+            remapped = self.vocab.remap_histogram(hist)
+            if remapped is None or remapped[0][:, self.vocab.void].any():  # an unknown id: reported there
+                remapped = (self._confusion(g if void is None else np.where(void, IGNORE_LABEL, g), p, where),)
+            self.total += remapped[0]
+            g, p = g8, p8
+        else:
+            if void is not None and np.any(void & (g != IGNORE_LABEL)):
+                g = np.where(void, IGNORE_LABEL, g)
+            self.total += self._confusion(g, p, where)
         if not self.vc_active:
             return
         if self.prev_g is None or self.prev_p is None or self.prev_g.shape != g.shape:

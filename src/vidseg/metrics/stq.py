@@ -13,6 +13,9 @@ variant="vipseg" adds the official script's first-segment quirk: the first segme
 frame gets instance 0, so if it is a thing track the whole track counts as crowd. VIPSeg lists the segments
 of a frame in ascending raw value: stuff (by class) before things (by class, then instance); here things
 are ordered by (category index, GT track id), so a reader should number VIPSeg tracks by raw value.
+
+Speed: the confusion matrix and the tracking pair counts of a frame both come from its (GT segment,
+predicted segment) count table (`_panoptic.segment_pairs`), never from per-pixel masks.
 """
 
 from __future__ import annotations

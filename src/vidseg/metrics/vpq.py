@@ -10,8 +10,9 @@ region of their class. TP/FP/FN/IoU sums accumulate per class over all windows o
 ``PQ_k = mean_c IoU_c / (TP_c + FP_c/2 + FN_c/2)`` over classes with TP+FP+FN > 0 (x100, all/thing/stuff),
 and VPQ = mean of PQ_k over the window sizes (k = 5 (n - 1) frames in both datasets).
 
-Speed: every pixel is visited once per frame (pair counts per frame); windows are then sums over small
-(GT tube x predicted tube x frame) tables, so the cost does not grow with the number of window sizes.
+Speed: each frame becomes a small (GT segment x predicted segment) count table (`_panoptic.segment_pairs`:
+a few passes over the pixels, one 2-D histogram); windows are then sums over (GT tube x predicted tube x
+frame) tables, so the cost does not grow with the number of window sizes.
 """
 
 from __future__ import annotations
