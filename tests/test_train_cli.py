@@ -22,7 +22,11 @@ def test_multi_trains_continues_from_last_and_validates_every_task(tmp_path: Pat
     base = [*QUICK, "task=multi", "data.chunk=1", f"hydra.run.dir={run}", "checkpoint.every_n_steps=2", *audit]
     run_train([*base, "trainer.max_steps=2", "validate=false"], timeout=900, log=tmp_path / "first.log")
     last = run / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+    first = torch.load(last, map_location="cpu", weights_only=True)
+    assert first["global_step"] == 2
+    # the resolved run config travels in the checkpoint, so evaluate/predict rebuild the same model and tasks
+    assert set(first["vidseg_config"]["tasks"]) == {"vis", "vss", "vps", "vos", "pet"}
+    assert first["vidseg_config"]["model"]["_target_"] == "vidseg.model.tarvis.TarViS"
     assert read_metrics(run) == {}  # validate=false: nothing measured
 
     run_train([*base, "trainer.max_steps=4", "ckpt_path=last", "data.max_val_videos=1"], timeout=900,
