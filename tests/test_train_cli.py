@@ -29,10 +29,11 @@ def test_multi_trains_continues_from_last_and_validates_every_task(tmp_path: Pat
     assert first["vidseg_config"]["model"]["_target_"] == "vidseg.model.tarvis.TarViS"
     assert read_metrics(run) == {}  # validate=false: nothing measured
 
-    run_train([*base, "trainer.max_steps=4", "ckpt_path=last", "data.max_val_videos=1"], timeout=900,
+    run_train([*base, "trainer.max_steps=5", "ckpt_path=last", "data.max_val_videos=1"], timeout=900,
               log=tmp_path / "second.log")
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
-    assert [r["micro"] for r in read_audit(run / "audit")[0]] == [0, 1, 2, 3]  # 2 steps, then 2 more
+    # step 5 is not a multiple of every_n_steps=2: last.ckpt still holds the final weights
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 5
+    assert [r["micro"] for r in read_audit(run / "audit")[0]] == [0, 1, 2, 3, 4]  # 2 steps, then 3 more
     metrics = read_metrics(run)
     for task, metric in TASK_METRIC.items():
         assert metric in metrics[task], (task, metrics.get(task))

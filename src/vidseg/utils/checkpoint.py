@@ -40,6 +40,13 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 log.warning("removing %s, left by a save that was interrupted", stale)
                 stale.unlink(missing_ok=True)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Training stopped (e.g. max_steps between two save points): `last.ckpt` must hold the final weights,
+        which evaluate, predict and `ckpt_path=last` read."""
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and trainer.global_step != self._last_global_step_saved and not trainer.sanity_checking:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         path = Path(filepath)
         tmp = temp_path_for(path)
