@@ -21,7 +21,7 @@ test-fast: ## Run the suite without slow tests
 	$(BIN)/python -m pytest -n 2 -m "not slow" tests
 
 lint: ## ruff check
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests scripts notebooks
 
 format: ## ruff format + fix imports
 	$(BIN)/ruff check --fix --select I src tests scripts
