@@ -80,7 +80,11 @@ class VidsegModule(pl.LightningModule):
         """The one place a training forward happens: encode → task queries → decode (with the task's query
         adders, e.g. GvSeg SPA) → task loss terms."""
         task: Task = self.tasks[batch.task]
-        feats = self.model.encode(batch.frames)
+        colour = getattr(batch, "colour", None)
+        if colour is None:
+            feats = self.model.encode(batch.frames)
+        else:  # training colour jitter, drawn per clip by the data pipeline, applied on the device
+            feats = self.model.encode(batch.frames, colour=colour, valid=batch.pad_mask)
         queries = task.init_queries(self.model, feats, batch)
         out = self.model.decode(feats, queries, getattr(queries, "query_adders", None))
         losses = task.loss(self.model, feats, queries, out, batch)

@@ -45,7 +45,7 @@ from vidseg.data.records import (
 from vidseg.data.sampling import ClipSampler
 from vidseg.data.transforms import ClipTransform
 
-__all__ = ["TASKS", "ClipDataset", "distance_peak"]
+__all__ = ["TASKS", "ClipDataset", "distance_peak", "rle_boxes"]
 
 TASKS = ("vis", "vss", "vps", "vos", "pet")
 _INSTANCE_TASKS = ("vis", "vps")
@@ -76,6 +76,28 @@ def distance_peak(mask: np.ndarray) -> tuple[float, float]:
     cy, cx = ys.mean() - y0 + 1, xs.mean() - x0 + 1
     k = int(np.argmin((best_y - cy) ** 2 + (best_x - cx) ** 2))
     return float(best_x[k] - 1 + x0), float(best_y[k] - 1 + y0)
+
+
+def rle_boxes(anns: list[FrameAnnotation | None], ids: list[int]) -> np.ndarray | None:
+    """Exact bounding boxes int64 [N, T, 4] (top, bottom, left, right; ends exclusive; zeros when absent or
+    empty) of tracks `ids` in the clip frames, read from the RLEs by `pycocotools.mask.toBbox` without
+    decoding. None when a frame's annotation is a label map (its masks must be decoded first)."""
+    from pycocotools import mask as mask_utils
+
+    if any(a is not None and a.label_map is not None for a in anns):
+        return None
+    boxes = np.zeros((len(ids), len(anns), 4), dtype=np.int64)
+    slots, rles = [], []
+    for n, tid in enumerate(ids):
+        for t, ann in enumerate(anns):
+            rle = None if ann is None or ann.rles is None else ann.rles.get(tid)
+            if rle is not None:
+                slots.append((n, t))
+                rles.append(rle)
+    if rles:
+        x, y, w, h = mask_utils.toBbox(rles).round().astype(np.int64).T
+        boxes[tuple(np.array(slots).T)] = np.stack([y, y + h, x, x + w], axis=-1)
+    return boxes
 
 
 class ClipDataset(Dataset):
@@ -217,22 +239,17 @@ class ClipDataset(Dataset):
             )
         anns = [self._annotation(video_index, video, f) for f in frame_indices]
         labels = [a.decode() if a is not None else None for a in anns]
-
-        if self.task in _PROMPT_TASKS:
-            ids = sorted(set(anns[0].track_ids if anns[0] is not None else ()) |
-                         set(labels[0].masks if labels[0] is not None else ()))
-        elif self.task in _INSTANCE_TASKS:
-            ids = sorted(set().union(*(a.track_ids for a in anns if a is not None),
-                                     *(lab.masks for lab in labels if lab is not None)))
-        else:
-            ids = []
-        masks = self._stack_masks(video, frame_indices, labels, ids)
+        ids = self._target_ids([None if a is None else set(a.track_ids) | set(lab.masks)
+                                for a, lab in zip(anns, labels, strict=True)])
+        masks = self._stack_masks(video, frame_indices, labels, ids)  # checks every mask's size
         semantic = self._semantic(video, frame_indices, labels) if self.with_semantic else None
+        boxes = rle_boxes(anns, ids)  # saves the transform a pass over the masks
 
         reference = 0 if self.task in _PROMPT_TASKS else None
         out = self.transform(
             torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(masks), rng=rng,
             semantic=None if semantic is None else torch.from_numpy(semantic), reference_frame=reference,
+            boxes=boxes,
         )
         keep = out.keep.tolist()
         kept_ids = [ids[k] for k in keep]
@@ -257,9 +274,18 @@ class ClipDataset(Dataset):
             dataset=self.dataset.name,
             frame_indices=frame_indices,
             orig_size=(video.height, video.width),
+            colour=out.colour,
         )
 
     # ------------------------------------------------------------------ target builders
+    def _target_ids(self, present: list[set[int] | None]) -> list[int]:
+        """Target track ids from the tracks present in each clip frame (None: frame not annotated)."""
+        if self.task in _PROMPT_TASKS:
+            return sorted(present[0] or ())
+        if self.task in _INSTANCE_TASKS:
+            return sorted(set().union(*(p for p in present if p is not None)))
+        return []
+
     def _stack_masks(
         self, video: VideoRecord, frames: list[int], labels: list[FrameLabels | None], ids: list[int]
     ) -> np.ndarray:

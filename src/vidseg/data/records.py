@@ -282,6 +282,9 @@ class ClipSample:
     semantic: int64 [T, H, W] contiguous class index, IGNORE_LABEL where ignored; or None.
     points: float32 [N, 2] (x, y) in the transformed clip's pixels, NaN where the target has no point.
     prompt_frames: int64 [N] clip-frame index where each target's prompt is given (VOS/PET), else -1.
+    colour: float32 [3, 4] affine colour jitter (M | b) of this clip on the 0-255 RGB scale, applied on the
+    device to valid pixels before normalisation (`vidseg.model.backbone.normalize_frames`); None = identity
+    (frames already final, e.g. evaluation clips).
     """
 
     frames: torch.Tensor
@@ -297,6 +300,7 @@ class ClipSample:
     dataset: str = ""
     frame_indices: list[int] = field(default_factory=list)
     orig_size: tuple[int, int] = (0, 0)
+    colour: torch.Tensor | None = None  # float32 [3, 4]
 
 
 @dataclass
@@ -308,6 +312,7 @@ class Batch:
     frames: torch.Tensor  # uint8 [B, T, 3, H, W]
     pad_mask: torch.Tensor  # bool [B, H, W]
     samples: list[ClipSample]
+    colour: torch.Tensor | None = None  # float32 [B, 3, 4] per-clip colour jitter (see ClipSample), or None
 
     def to(self, device: torch.device | str) -> Batch:
         """Move frames and targets to `device` (frames stay uint8; normalise on the device)."""
@@ -325,6 +330,7 @@ class Batch:
                     dataset=s.dataset,
                     frame_indices=s.frame_indices,
                     orig_size=s.orig_size,
+                    colour=s.colour,
                     **fields,
                 )
             )
@@ -334,6 +340,7 @@ class Batch:
             frames=self.frames.to(device, non_blocking=True),
             pad_mask=self.pad_mask.to(device),
             samples=moved,
+            colour=None if self.colour is None else self.colour.to(device, non_blocking=True),
         )
 
     def __len__(self) -> int:
@@ -354,7 +361,8 @@ def _pad_to(x: torch.Tensor, h: int, w: int, value: float | bool) -> torch.Tenso
 
 def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
     """Pad clips bottom/right to the largest H, W of the batch (frames with PAD_VALUE, masks False,
-    semantic IGNORE_LABEL, pad_mask False) and stack frames; targets stay per sample (their N differ)."""
+    semantic IGNORE_LABEL, pad_mask False) and stack frames and colour maps (identity for a clip without one;
+    None when no clip has one); targets stay per sample (their N differ)."""
     if not samples:
         raise ClipSamplingError("collate_clips: empty list of samples")
     datasets = {s.dataset for s in samples}
@@ -382,12 +390,18 @@ def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
                 dataset=s.dataset,
                 frame_indices=s.frame_indices,
                 orig_size=s.orig_size,
+                colour=s.colour,
             )
         padded.append(s)
+    colour = None
+    if any(s.colour is not None for s in padded):  # clips without a colour map get the identity
+        identity = torch.eye(3, 4, dtype=torch.float32)
+        colour = torch.stack([identity if s.colour is None else s.colour.to(torch.float32) for s in padded])
     return Batch(
         task=task,
         dataset=padded[0].dataset,
         frames=torch.stack([s.frames for s in padded]),
         pad_mask=torch.stack([s.pad_mask for s in padded]),
         samples=padded,
+        colour=colour,
     )

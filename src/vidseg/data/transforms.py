@@ -5,9 +5,17 @@ colour jitter (hue/saturation, contrast, brightness), horizontal flip, a random 
 a resize (short side drawn from `min_dims`, long side ≤ `max_dim`) and bottom/right padding to a multiple
 of 64. Frames stay uint8 (normalisation happens on the device, in the model).
 
-Speed: the crop and flip are taken first (views), the colour jitter runs on the cropped pixels as one affine
-colour matrix (PIL's C conversion), frames are resized with torch's uint8 channels-last bilinear kernel,
-and masks/semantic maps are resized by one nearest-neighbour gather whose indices contain crop and flip.
+Colour jitter on the device (default, `colour_on_device=True`): the transform only *draws* the clip's jitter
+and returns it as a 3×4 affine map (`TransformedClip.colour`, carried by `ClipSample.colour` and
+`Batch.colour`); the model applies it to the valid pixels while turning uint8 into normalised floats
+(`vidseg.model.backbone.normalize_frames`). The map is affine and bilinear resizing is linear with weights
+summing to 1, so jittering after the resize equals jittering before it up to uint8 rounding and clipping at
+0/255. `colour_on_device=False` applies it here instead (PIL's C colour-matrix conversion, as before).
+
+Speed: the crop and flip are taken first (one copy of the cropped pixels), frames are resized with torch's
+uint8 channels-last bilinear kernel, and masks/semantic maps are resized by one nearest-neighbour gather
+whose indices contain crop and flip. Target bounding boxes may be given (e.g. from the RLEs, without
+decoding) instead of being computed from the masks.
 
 Colour jitter model: TarViS uses imgaug (AddToHueAndSaturation ±12, LinearContrast 0.95–1.05 around 128,
 Add ±25). Here hue is a rotation of RGB about the grey axis by δ/255·360° (δ ∈ ±12), saturation scales the
@@ -43,6 +51,7 @@ class TransformedClip:
     keep: torch.Tensor  # int64 [K]
     semantic: torch.Tensor | None = None  # int64 [T, Hp, Wp]
     points: torch.Tensor | None = None  # float32 [K, 2] (x, y)
+    colour: torch.Tensor | None = None  # float32 [3, 4] (M | b) colour jitter still to apply (on the device)
     flipped: bool = False
     crop: tuple[int, int, int, int] = (0, 0, 0, 0)  # y0, x0, h, w in input pixels
     size: tuple[int, int] = (0, 0)  # valid (unpadded) H, W
@@ -85,22 +94,22 @@ def crop_flip_colour(
 ) -> torch.Tensor:
     """Crop, flip and colour-map uint8 frames [T, 3, H, W] -> uint8 [T, 3, h, w] in channels-last memory.
 
-    Runs on the interleaved (H, W, 3) pixels, as decoders produce them. Without colour map, numpy views do
-    crop and flip; with one, PIL crops while importing, flips, and applies the affine colour conversion
-    (`Image.convert("RGB", matrix)`, C code that rounds and clips)."""
+    Runs on the interleaved (H, W, 3) pixels, as decoders produce them. Without colour map, one copy of the
+    cropped pixels, flipped by torch; with one, PIL crops while importing, flips, and applies the affine
+    colour conversion (`Image.convert("RGB", matrix)`, C code that rounds and clips)."""
     y0, x0, h, w = box
     hwc = frames.permute(0, 2, 3, 1).numpy()
     if matrix is None:
-        view = hwc[:, y0 : y0 + h, x0 : x0 + w]
-        out = np.ascontiguousarray(view[:, :, ::-1] if flip else view)
-    else:
-        affine = tuple(float(v) for row, b in zip(matrix, bias, strict=True) for v in (*row, b))
-        out = np.empty((hwc.shape[0], h, w, 3), dtype=np.uint8)
-        for k, frame in enumerate(hwc):
-            image = _pil_crop(frame, box)
-            if flip:
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            out[k] = np.asarray(image.convert("RGB", affine))
+        cropped = torch.from_numpy(np.ascontiguousarray(hwc[:, y0 : y0 + h, x0 : x0 + w]))
+        # torch's flip copies whole pixels; numpy's reversed-stride copy of 3-byte pixels is ~6x slower
+        return (cropped.flip(2) if flip else cropped).permute(0, 3, 1, 2)
+    affine = tuple(float(v) for row, b in zip(matrix, bias, strict=True) for v in (*row, b))
+    out = np.empty((hwc.shape[0], h, w, 3), dtype=np.uint8)
+    for k, frame in enumerate(hwc):
+        image = _pil_crop(frame, box)
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        out[k] = np.asarray(image.convert("RGB", affine))
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
@@ -197,6 +206,7 @@ class ClipTransform:
         scale_from: Literal["crop", "image"] = "crop",
         crop_retries: int = 5,
         pad_multiple: int = 64,
+        colour_on_device: bool = True,
     ) -> None:
         if not min_dims:
             raise ValueError("min_dims must list at least one short-side size")
@@ -215,6 +225,7 @@ class ClipTransform:
         self.scale_from = scale_from
         self.crop_retries = int(crop_retries)
         self.pad_multiple = int(pad_multiple)
+        self.colour_on_device = bool(colour_on_device)
 
     # ------------------------------------------------------------------ parameter draws
     def _draw_crop(
@@ -254,11 +265,13 @@ class ClipTransform:
         semantic: torch.Tensor | None = None,
         points: torch.Tensor | None = None,
         reference_frame: int | None = None,
+        boxes: np.ndarray | None = None,
     ) -> TransformedClip:
-        """Transform one clip. frames uint8 [T, 3, H, W] (any memory format), masks bool [N, T, H, W],
-        semantic integer [T, H, W], points float [N, 2] (x, y). `reference_frame` (VOS/PET): the crop keeps
-        every target's mask in that frame and targets are dropped when empty *there*; otherwise a target is
-        dropped when empty in every frame."""
+        """Transform one clip. frames uint8 [T, 3, H, W] (any memory format), masks bool [N, T, H, W] (any
+        strides), semantic integer [T, H, W], points float [N, 2] (x, y), boxes: the masks' exact bounding
+        boxes int [N, T, 4] (top, bottom, left, right; ends exclusive; zeros when empty), computed from the
+        masks when not given. `reference_frame` (VOS/PET): the crop keeps every target's mask in that frame
+        and targets are dropped when empty *there*; otherwise a target is dropped when empty in every frame."""
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"frames must be uint8 [T, 3, H, W], got {frames.dtype} {tuple(frames.shape)}")
         t, _, height, width = frames.shape
@@ -271,7 +284,12 @@ class ClipTransform:
             raise ValueError(f"points must be [{masks.shape[0]}, 2], got {tuple(points.shape)}")
 
         mask_array = masks.numpy()
-        boxes = mask_boxes(mask_array)
+        if boxes is None:
+            boxes = mask_boxes(mask_array)
+        elif boxes.shape != (*masks.shape[:2], 4):
+            raise ValueError(f"boxes must be [{masks.shape[0]}, {t}, 4], got {tuple(boxes.shape)}")
+        else:
+            boxes = np.asarray(boxes, dtype=np.int64)
         if self.train:
             flip = bool(rng.random() < self.flip_p)
             short = int(self.min_dims[int(rng.integers(len(self.min_dims)))])
@@ -296,7 +314,13 @@ class ClipTransform:
         pad_h = -(-out_h // self.pad_multiple) * self.pad_multiple
         pad_w = -(-out_w // self.pad_multiple) * self.pad_multiple
 
-        # Frames: crop + flip (views) -> colour -> resize -> pad, all uint8, channels-last memory.
+        colour = None
+        if matrix is not None and self.colour_on_device:
+            colour = torch.from_numpy(np.concatenate([matrix, bias[:, None]], axis=1))
+            matrix = bias = None
+
+        # Frames: crop + flip (one copy) -> colour (unless on the device) -> resize -> pad, all uint8,
+        # channels-last memory.
         pix = crop_flip_colour(frames, (y0, x0, ch, cw), flip, matrix, bias)
         if (out_h, out_w) != (ch, cw):
             pix = F.interpolate(pix, size=(out_h, out_w), mode="bilinear", antialias=True, align_corners=False)
@@ -330,9 +354,10 @@ class ClipTransform:
         pad_mask[:out_h, :out_w] = True
         return TransformedClip(
             frames=out_frames, masks=out_masks, pad_mask=pad_mask, keep=keep, semantic=out_sem,
-            points=out_points, flipped=flip, crop=(y0, x0, ch, cw), size=(out_h, out_w),
+            points=out_points, colour=colour, flipped=flip, crop=(y0, x0, ch, cw), size=(out_h, out_w),
         )
 
     def __repr__(self) -> str:
         return (f"ClipTransform(train={self.train}, min_dims={self.min_dims}, max_dim={self.max_dim}, "
-                f"crop_fraction={self.crop_fraction}, scale_from={self.scale_from!r})")
+                f"crop_fraction={self.crop_fraction}, scale_from={self.scale_from!r}, "
+                f"colour_on_device={self.colour_on_device})")

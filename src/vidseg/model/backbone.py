@@ -39,11 +39,19 @@ BACKBONE_ALIASES: dict[str, str] = {
 
 
 def normalize_frames(
-    frames: Tensor, mean: Sequence[float] = TARVIS_PIXEL_MEAN, std: Sequence[float] = TARVIS_PIXEL_STD
+    frames: Tensor,
+    mean: Sequence[float] = TARVIS_PIXEL_MEAN,
+    std: Sequence[float] = TARVIS_PIXEL_STD,
+    colour: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """uint8 (or float 0-255) frames [..., 3, H, W] -> float32 ``(x - mean) / std`` on the frames' device.
 
-    Frames stay uint8 until they reach the accelerator; this is the one place they become float.
+    Frames stay uint8 until they reach the accelerator; this is the one place they become float. ``colour``
+    [..., 3, 4] (leading dims as the frames'): a per-image affine colour map (M | b) on the 0-255 scale, the
+    training colour jitter drawn by ``vidseg.data.transforms.ClipTransform``; ``M @ rgb + b`` is clamped to
+    0..255 before normalising. ``valid`` [..., H, W] bool limits it to the valid pixels (padding stays as
+    it was, like jitter applied before padding).
     """
     if frames.dim() < 3 or frames.shape[-3] != 3:
         raise ValueError(f"normalize_frames expects [..., 3, H, W] frames, got shape {tuple(frames.shape)}")
@@ -51,7 +59,22 @@ def normalize_frames(
         raise ValueError(f"mean and std need 3 values (RGB), got mean={list(mean)} std={list(std)}")
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=frames.device).view(3, 1, 1)
     inv_std = 1.0 / torch.as_tensor(std, dtype=torch.float32, device=frames.device).view(3, 1, 1)
-    return (frames.float() - mean_t) * inv_std
+    pixels = frames.float()
+    if colour is not None:
+        lead = tuple(frames.shape[:-3])
+        if tuple(colour.shape) != (*lead, 3, 4):
+            raise ValueError(f"normalize_frames: colour must be {[*lead, 3, 4]} for frames {tuple(frames.shape)}, "
+                             f"got {tuple(colour.shape)}")
+        colour = colour.to(device=frames.device, dtype=torch.float32)
+        mapped = torch.einsum("...ij,...jhw->...ihw", colour[..., :3], pixels) + colour[..., 3, None, None]
+        mapped = mapped.clamp_(0.0, 255.0)
+        if valid is not None:
+            if tuple(valid.shape) != (*lead, *frames.shape[-2:]):
+                raise ValueError(f"normalize_frames: valid must be {[*lead, *frames.shape[-2:]]}, got "
+                                 f"{tuple(valid.shape)}")
+            mapped = torch.where(valid.to(frames.device).unsqueeze(-3), mapped, pixels)
+        pixels = mapped
+    return (pixels - mean_t) * inv_std
 
 
 def pad_to_multiple(frames: Tensor, multiple: int = 64, value: float = 128.0) -> Tensor:

@@ -90,10 +90,12 @@ class TarViS(nn.Module):
         return nullcontext()
 
     # ------------------------------------------------------------------ forward parts
-    def encode(self, frames: Tensor) -> NeckOutput:
+    def encode(self, frames: Tensor, colour: Tensor | None = None, valid: Tensor | None = None) -> NeckOutput:
         """uint8 clips [B, T, 3, H, W] (H, W multiples of ``size_divisibility``) -> :class:`NeckOutput`.
 
         Frames are normalised on their own device (move them there as uint8); the backbone runs on B·T images.
+        ``colour`` [B, 3, 4]: per-clip colour jitter (``Batch.colour``) applied to every frame of the clip on
+        the ``valid`` [B, H, W] pixels (``Batch.pad_mask``) while normalising; see ``normalize_frames``.
         """
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"TarViS.encode expects frames [B, T, 3, H, W], got shape {tuple(frames.shape)}")
@@ -103,7 +105,17 @@ class TarViS(nn.Module):
                 f"TarViS.encode: frame size {h}x{w} is not a multiple of {self.size_divisibility}; "
                 f"pad bottom/right first (vidseg.model.backbone.pad_to_multiple)"
             )
-        images = normalize_frames(frames.reshape(b * t, 3, h, w), self.pixel_mean, self.pixel_std)
+        per_image_colour = per_image_valid = None
+        if colour is not None:  # one map per clip -> one per frame
+            if tuple(colour.shape) != (b, 3, 4):
+                raise ValueError(f"TarViS.encode: colour must be [{b}, 3, 4], got {tuple(colour.shape)}")
+            per_image_colour = colour[:, None].expand(b, t, 3, 4).reshape(b * t, 3, 4)
+            if valid is not None:
+                if tuple(valid.shape) != (b, h, w):
+                    raise ValueError(f"TarViS.encode: valid must be [{b}, {h}, {w}], got {tuple(valid.shape)}")
+                per_image_valid = valid[:, None].expand(b, t, h, w).reshape(b * t, h, w)
+        images = normalize_frames(frames.reshape(b * t, 3, h, w), self.pixel_mean, self.pixel_std,
+                                  colour=per_image_colour, valid=per_image_valid)
         with self.autocast(frames.device):
             return self.neck(self.backbone(images), t)
 
