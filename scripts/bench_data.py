@@ -1,12 +1,21 @@
 """Training-clip throughput of ClipDataset + DataLoader against pure frame decoding, in the same run.
 
 Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG frames, then measures
-- pure decode: the same frames of the same clips decoded by the same reader (`vidseg.data.video`), no
-  annotations, no transforms — the reference a data pipeline cannot beat per process;
-- ClipDataset items in this process (sampling, decode, annotation decode, targets, transforms);
+- pure decode: the same frames of the same clips decoded by the same reader (`vidseg.data.video`, PIL, full
+  size), no annotations, no transforms — the reference a data pipeline cannot beat per process;
+- ClipDataset items in this process (sampling, decode, RLE decode, targets, crop/flip/resize/pad);
 - DataLoader with num_workers 0 and 2 (3-frame clips, YouTube-VIS TarViS settings), batch size 1.
 `ratio` = (DataLoader clips/s with the most workers ÷ workers) ÷ pure-decode clips/s. Every rate is the
-median over `--repeats` interleaved rounds (the machine may be shared).
+median over `--repeats` interleaved rounds (the machine may be shared); wall-clock rates. Alongside, CPU
+time per clip of this process (`time.process_time`) for pure decode and items: less sensitive to other jobs
+on a shared machine, and their difference is the pipeline's own non-decode work.
+
+What is not measured on the CPU: the training colour jitter. `ClipTransform` draws it per clip and returns it
+as a 3×4 colour map (`ClipSample.colour`); the model applies it on the accelerator while normalising the uint8
+frames (`normalize_frames`). `colour_on_device_ms` reports what that costs when run on *this CPU* for one clip
+(normalise with the map minus normalise without), i.e. the work moved off the data workers. The per-worker
+`ratio` also needs a free core per worker plus one for the consuming process; on a machine with fewer (see
+`machine.load_avg_1min`), it measures the machine, not the pipeline.
 
     python scripts/bench_data.py --json bench_data.json
 """
@@ -34,6 +43,7 @@ from vidseg.data.sampling import InstanceClipSampler
 from vidseg.data.synthetic import ensure_synthetic
 from vidseg.data.transforms import ClipTransform
 from vidseg.data.video import open_frames
+from vidseg.model.backbone import normalize_frames
 
 
 def cpu_model() -> str:
@@ -63,25 +73,44 @@ def build_dataset(args: argparse.Namespace, **kw: Any) -> ClipDataset:
     return ClipDataset(record, sampler, transform, task="vis", samples_per_video=per_video, seed=args.seed, **kw)
 
 
-def rate_pure_decode(ds: ClipDataset, n: int) -> float:
-    """Clips/s decoding exactly the frames the dataset samples for items 0..n-1, with the same reader."""
+def rate_pure_decode(ds: ClipDataset, n: int) -> tuple[float, float]:
+    """(clips/s, CPU ms per clip) decoding exactly the frames the dataset samples for items 0..n-1, with the
+    same reader."""
     plan = []
     for i in range(n):
         video = ds.dataset.videos[i // ds.samples_per_video]
         plan.append((video, ds.sampler.sample(video, ds.rng_for(i))))
     readers: dict[str, Any] = {}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for video, frames in plan:
         reader = readers.get(video.video_id) or readers.setdefault(video.video_id, open_frames(video.frames))
         reader.read(frames)
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n
 
 
-def rate_items(ds: ClipDataset, n: int) -> float:
-    start = time.perf_counter()
+def rate_items(ds: ClipDataset, n: int) -> tuple[float, float]:
+    """(clips/s, CPU ms per clip) of ClipDataset items 0..n-1 in this process."""
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(n):
         ds[i]
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n
+
+
+def colour_on_device_ms(ds: ClipDataset, repeats: int = 10) -> float:
+    """CPU ms per clip of the device-side colour jitter (normalise with the clip's map minus without)."""
+    sample = ds[0]
+    frames, t = sample.frames, sample.frames.shape[0]
+    if sample.colour is None:
+        return 0.0
+    colour, valid = sample.colour.expand(t, 3, 4), sample.pad_mask.expand(t, *sample.pad_mask.shape)
+    times = {}
+    for name, kw in (("plain", {}), ("colour", {"colour": colour, "valid": valid})):
+        normalize_frames(frames, **kw)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            normalize_frames(frames, **kw)
+        times[name] = (time.perf_counter() - start) / repeats
+    return 1000.0 * (times["colour"] - times["plain"])
 
 
 def rate_loader(ds: ClipDataset, n: int, workers: int) -> float:
@@ -127,38 +156,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ds = build_dataset(args)
     n = min(args.clips, len(ds))
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rate_items(ds, 2)  # warm caches (annotation index, readers, imports)
     rounds: dict[str, list[float]] = {"pure_decode": [], "dataset_items": []}
     rounds.update({f"loader_w{w}": [] for w in args.workers})
+    cpu_ms: dict[str, list[float]] = {"pure_decode": [], "dataset_items": []}
     for _ in range(args.repeats):
-        rounds["pure_decode"].append(rate_pure_decode(ds, n))
-        rounds["dataset_items"].append(rate_items(ds, n))
+        for key, fn in (("pure_decode", rate_pure_decode), ("dataset_items", rate_items)):
+            rate, ms = fn(ds, n)
+            rounds[key].append(rate)
+            cpu_ms[key].append(ms)
         for w in args.workers:
             rounds[f"loader_w{w}"].append(rate_loader(ds, n, w))
     rates = {k: statistics.median(v) for k, v in rounds.items()}
+    cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
     most = max(args.workers)
     per_worker = rates[f"loader_w{most}"] / max(most, 1)
     result = {
         "ratio": per_worker / rates["pure_decode"],
         "ratio_items": rates["dataset_items"] / rates["pure_decode"],
+        "ratio_items_cpu": cpu["pure_decode"] / cpu["dataset_items"],
         "clips_per_s": rates,
         "clips_per_s_per_worker": per_worker,
         "workers": most,
+        "cpu_ms_per_clip": cpu,
+        "non_decode_cpu_ms_per_clip": cpu["dataset_items"] - cpu["pure_decode"],
+        "colour_on_device_ms": colour_on_device_ms(ds),
         "rounds": rounds,
+        "cpu_ms_rounds": cpu_ms,
         "clip": {"frames": 3, "height": args.height, "width": args.width, "clips": n,
                  "transform": repr(ds.transform), "sampler": repr(ds.sampler)},
-        "machine": machine(),
+        "machine": {**machine(), "load_avg_1min_at_start": load_start},
     }
     m = result["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), load {m['load_avg_1min']:.2f}")
+    print(f"machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), load {load_start:.2f} at "
+          f"start, {m['load_avg_1min']:.2f} at end")
     print(f"{args.height}p synthetic YouTube-VIS, 3-frame clips, {n} clips x {args.repeats} rounds (median)")
-    print(f"{'pipeline':<34}{'clips/s':>10}{'vs decode':>11}")
-    print(f"{'pure decode (same frames, reader)':<34}{rates['pure_decode']:>10.1f}{1.0:>11.2f}")
-    print(f"{'ClipDataset items, this process':<34}{rates['dataset_items']:>10.1f}{result['ratio_items']:>11.2f}")
+    print(f"{'pipeline':<34}{'clips/s':>10}{'vs decode':>11}{'CPU ms/clip':>13}")
+    print(f"{'pure decode (same frames, reader)':<34}{rates['pure_decode']:>10.1f}{1.0:>11.2f}"
+          f"{cpu['pure_decode']:>13.2f}")
+    print(f"{'ClipDataset items, this process':<34}{rates['dataset_items']:>10.1f}{result['ratio_items']:>11.2f}"
+          f"{cpu['dataset_items']:>13.2f}")
     for w in args.workers:
         r = rates[f"loader_w{w}"]
         print(f"{f'DataLoader num_workers={w}':<34}{r:>10.1f}{r / rates['pure_decode']:>11.2f}")
     print(f"per worker (num_workers={most}): {per_worker:.1f} clips/s -> ratio {result['ratio']:.2f}")
+    print(f"CPU time: items/decode {result['ratio_items_cpu']:.2f}x of decode's rate, non-decode work "
+          f"{result['non_decode_cpu_ms_per_clip']:.2f} ms/clip; colour jitter moved to the device: "
+          f"{result['colour_on_device_ms']:.2f} ms/clip if run on this CPU")
     if args.profile:
         profile_items(ds, n, args.profile)
     if args.json:
