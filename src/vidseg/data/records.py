@@ -319,7 +319,8 @@ class Batch:
         moved = []
         for s in self.samples:
             fields = {}
-            for name in ("masks", "track_ids", "class_ids", "semantic", "points", "prompt_frames", "iscrowd"):
+            for name in ("masks", "track_ids", "class_ids", "semantic", "points", "prompt_frames", "iscrowd",
+                         "colour"):
                 v = getattr(s, name)
                 fields[name] = v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             moved.append(
@@ -330,7 +331,6 @@ class Batch:
                     dataset=s.dataset,
                     frame_indices=s.frame_indices,
                     orig_size=s.orig_size,
-                    colour=s.colour,
                     **fields,
                 )
             )
