@@ -7,8 +7,10 @@ Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG fram
 - DataLoader with num_workers 0 and 2 (3-frame clips, YouTube-VIS TarViS settings), batch size 1.
 `ratio` = (DataLoader clips/s with the most workers ÷ workers) ÷ pure-decode clips/s. Every rate is the
 median over `--repeats` interleaved rounds (the machine may be shared); wall-clock rates. Alongside, CPU
-time per clip of this process (`time.process_time`) for pure decode and items: less sensitive to other jobs
-on a shared machine, and their difference is the pipeline's own non-decode work.
+time per clip (`time.process_time`; DataLoader workers: their rusage once joined) for pure decode, items and
+the workers: less sensitive to other jobs on a shared machine. items − decode is the pipeline's own
+non-decode work; `ratio_worker_cpu` = decode CPU ms ÷ worker CPU ms per clip is what one worker reaches with
+a core to itself (its collate and the shared-memory hand-over of each batch included).
 
 What is not measured on the CPU: the training colour jitter. `ClipTransform` draws it per clip and returns it
 as a 3×4 colour map (`ClipSample.colour`); the model applies it on the accelerator while normalising the uint8
@@ -24,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import json
 import os
 import platform
 import pstats
+import resource
 import statistics
 import sys
 import time
@@ -35,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from vidseg.data.clip_dataset import ClipDataset
 from vidseg.data.formats import get_format
@@ -113,20 +117,33 @@ def colour_on_device_ms(ds: ClipDataset, repeats: int = 10) -> float:
     return 1000.0 * (times["colour"] - times["plain"])
 
 
-def rate_loader(ds: ClipDataset, n: int, workers: int) -> float:
-    """Clips/s of a DataLoader in steady state (worker start-up and each worker's first clip excluded)."""
-    loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers, collate_fn=ds.collate,
-                        prefetch_factor=4 if workers else None)
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rate_loader(ds: ClipDataset, n: int, workers: int) -> tuple[float, float | None]:
+    """(clips/s, worker CPU ms per clip) of a DataLoader over items 0..n+workers-1. The rate is taken in
+    steady state (worker start-up and each worker's first clip excluded); the worker CPU time (all workers,
+    read from the joined worker processes' rusage; None without workers) covers every clip they made,
+    collate and the hand-over to this process through shared memory included."""
     skip = max(workers, 1)
+    subset = Subset(ds, range(min(len(ds), n + skip)))
+    loader = DataLoader(subset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=ds.collate,
+                        prefetch_factor=4 if workers else None)
+    cpu_before = _children_cpu_s()
+    batches = iter(loader)
     start, seen = 0.0, 0
-    for k, _batch in enumerate(loader):
+    for k, _batch in enumerate(batches):
         if k + 1 == skip:
             start = time.perf_counter()
         elif k + 1 > skip:
             seen += 1
-        if k + 1 >= n + skip:
-            break
-    return seen / (time.perf_counter() - start)
+    rate = seen / (time.perf_counter() - start)
+    del batches, _batch
+    gc.collect()  # the exhausted iterator joins its workers; their CPU time then counts as this process's children
+    worker_ms = 1000.0 * (_children_cpu_s() - cpu_before) / len(subset) if workers else None
+    return rate, worker_ms
 
 
 def profile_items(ds: ClipDataset, n: int, top: int) -> None:
@@ -167,7 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rounds[key].append(rate)
             cpu_ms[key].append(ms)
         for w in args.workers:
-            rounds[f"loader_w{w}"].append(rate_loader(ds, n, w))
+            rate, worker_ms = rate_loader(ds, n, w)
+            rounds[f"loader_w{w}"].append(rate)
+            if worker_ms is not None:
+                cpu_ms.setdefault(f"loader_w{w}_workers", []).append(worker_ms)
     rates = {k: statistics.median(v) for k, v in rounds.items()}
     cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
     most = max(args.workers)
@@ -176,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio": per_worker / rates["pure_decode"],
         "ratio_items": rates["dataset_items"] / rates["pure_decode"],
         "ratio_items_cpu": cpu["pure_decode"] / cpu["dataset_items"],
+        "ratio_worker_cpu": (cpu["pure_decode"] / cpu[f"loader_w{most}_workers"]
+                             if f"loader_w{most}_workers" in cpu else None),
         "clips_per_s": rates,
         "clips_per_s_per_worker": per_worker,
         "workers": most,
@@ -199,8 +221,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{cpu['dataset_items']:>13.2f}")
     for w in args.workers:
         r = rates[f"loader_w{w}"]
-        print(f"{f'DataLoader num_workers={w}':<34}{r:>10.1f}{r / rates['pure_decode']:>11.2f}")
+        worker_ms = cpu.get(f"loader_w{w}_workers")
+        print(f"{f'DataLoader num_workers={w}':<34}{r:>10.1f}{r / rates['pure_decode']:>11.2f}"
+              + (f"{worker_ms:>13.2f}  (workers' CPU, hand-over included)" if worker_ms is not None else ""))
     print(f"per worker (num_workers={most}): {per_worker:.1f} clips/s -> ratio {result['ratio']:.2f}")
+    if result["ratio_worker_cpu"] is not None:
+        print(f"CPU time: one worker with a core of its own would reach {result['ratio_worker_cpu']:.2f}x of "
+              f"decode's rate (decode CPU ms / worker CPU ms per clip)")
     print(f"CPU time: items/decode {result['ratio_items_cpu']:.2f}x of decode's rate, non-decode work "
           f"{result['non_decode_cpu_ms_per_clip']:.2f} ms/clip; colour jitter moved to the device: "
           f"{result['colour_on_device_ms']:.2f} ms/clip if run on this CPU")
