@@ -15,6 +15,16 @@ does over its converted annotations.
 
 When the window holds fewer candidates than needed (a short video, a small factor) the nearest further
 frames are used, so a clip is always drawn when the video has enough annotated frames.
+
+GvSeg distant reference (task-oriented temporal contrastive learning, reference/gvseg.md §5): with
+`distant_reference=True`, `InstanceClipSampler` first draws the TarViS clip exactly as without it (same
+generator calls, so the same seed gives the same clip frames), then one more draw picks a reference frame
+uniformly among the annotated positions not in the clip whose gap to the clip's reference position lies in
+[reference_min_gap, reference_max_gap] (defaults: just beyond the ±round(factor·3) window, anywhere in the
+video); frames with ≥ 1 track are preferred when the sampler requires objects. The returned clip is
+`[distant reference, *TarViS clip]`: clip frame 0 is the contrastive reference (what the VIS/VPS contrastive
+loss pairs with the other frames), the rest stays sorted. When no position lies in the gap range (a short
+video) the farthest free position is used, as the window rule falls back to the nearest frames.
 """
 
 from __future__ import annotations
@@ -111,16 +121,37 @@ class InstanceClipSampler:
     """VIS/VPS clips: reference frame with ≥ 1 track, others within ±round(factor·3), sorted.
 
     consecutive=True takes `num_frames` consecutive annotated frames that contain the reference frame
-    (Cityscapes-VPS).
+    (Cityscapes-VPS). distant_reference=True prepends a GvSeg contrastive reference frame drawn beyond the
+    window (module docstring); the clip then has `num_frames + 1` frames. `reference_min_gap` (default
+    round(factor·3) + 1) and `reference_max_gap` (default None = anywhere) bound its gap, in annotated
+    positions, to the clip's reference frame.
     """
 
     require_object = True
 
-    def __init__(self, num_frames: int = 3, factor: float = 7.5, consecutive: bool = False) -> None:
+    def __init__(
+        self,
+        num_frames: int = 3,
+        factor: float = 7.5,
+        consecutive: bool = False,
+        distant_reference: bool = False,
+        reference_min_gap: int | None = None,
+        reference_max_gap: int | None = None,
+    ) -> None:
         _check_args(num_frames, factor)
         self.num_frames = int(num_frames)
         self.factor = float(factor)
         self.consecutive = bool(consecutive)
+        self.distant_reference = bool(distant_reference)
+        if reference_min_gap is not None and reference_min_gap < 1:
+            raise ValueError(f"reference_min_gap must be ≥ 1 or None, got {reference_min_gap}")
+        self.reference_min_gap = None if reference_min_gap is None else int(reference_min_gap)
+        self.reference_max_gap = None if reference_max_gap is None else int(reference_max_gap)
+        if self.reference_max_gap is not None and self.reference_max_gap < self.min_gap:
+            raise ValueError(
+                f"reference_max_gap={reference_max_gap} is below the minimum gap {self.min_gap} "
+                f"(reference_min_gap={reference_min_gap}, window radius {self.radius})"
+            )
 
     @property
     def radius(self) -> int:
@@ -131,9 +162,20 @@ class InstanceClipSampler:
             return _object_positions(record)
         return np.arange(len(record.annotations))
 
+    @property
+    def min_gap(self) -> int:
+        """Smallest gap (annotated positions) of a distant reference: default just beyond the window."""
+        return self.radius + 1 if self.reference_min_gap is None else self.reference_min_gap
+
     def sample(self, record: VideoRecord, rng: np.random.Generator) -> list[int]:
-        """Frame indices of one clip, sorted ascending."""
+        """Frame indices of one clip, sorted ascending (with distant_reference: the reference, then the
+        sorted TarViS clip)."""
         frames = _annotated(record, self.num_frames)
+        if self.distant_reference and len(frames) < self.num_frames + 1:
+            raise ClipSamplingError(
+                f"video {record.video_id!r}: a clip of {self.num_frames} frames plus a distant reference needs "
+                f"{self.num_frames + 1} annotated frames, the video has {len(frames)}"
+            )
         ref = int(rng.choice(self._reference_positions(record)))
         n = len(frames)
         if self.consecutive:
@@ -144,11 +186,44 @@ class InstanceClipSampler:
         else:
             others = _draw_around(ref, n, self.num_frames - 1, self.radius, rng, forward_only=False)
             positions = sorted([ref, *others])
+        if self.distant_reference:
+            positions = [self.draw_reference(record, ref, positions, rng), *positions]
         return [frames[p] for p in positions]
 
+    def draw_reference(
+        self, record: VideoRecord, anchor: int, clip_positions: list[int], rng: np.random.Generator
+    ) -> int:
+        """Position (in the annotated-frame list) of a distant contrastive reference for a clip drawn around
+        position `anchor`: uniform over free positions with min_gap ≤ |p − anchor| ≤ max_gap (with ≥ 1 track
+        when objects are required and such a free frame exists); the farthest free position if none is in
+        range. Raises ClipSamplingError when every annotated frame is already in the clip."""
+        n = len(record.annotations)
+        positions = np.arange(n)
+        free = ~np.isin(positions, clip_positions)
+        if not free.any():
+            raise ClipSamplingError(
+                f"video {record.video_id!r}: no annotated frame left for a distant reference (all {n} are in the clip)"
+            )
+        if self.require_object:
+            with_object = free & np.isin(positions, _object_positions(record))
+            pool = with_object if with_object.any() else free
+        else:
+            pool = free
+        gap = np.abs(positions - anchor)
+        in_range = pool & (gap >= self.min_gap)
+        if self.reference_max_gap is not None:
+            in_range &= gap <= self.reference_max_gap
+        if in_range.any():
+            return int(rng.choice(np.flatnonzero(in_range)))
+        farthest = pool & (gap == gap[pool].max())
+        return int(rng.choice(np.flatnonzero(farthest)))
+
     def __repr__(self) -> str:
+        extra = ""
+        if self.distant_reference:
+            extra = f", distant_reference=True, min_gap={self.min_gap}, max_gap={self.reference_max_gap}"
         return (f"{type(self).__name__}(num_frames={self.num_frames}, factor={self.factor}, "
-                f"consecutive={self.consecutive})")
+                f"consecutive={self.consecutive}{extra})")
 
 
 class SemanticClipSampler(InstanceClipSampler):
