@@ -4,7 +4,7 @@ DDP-friendly state handling. Private to `vidseg.metrics`."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from vidseg.data.records import (
     VideoPrediction,
     VideoRecord,
 )
+from vidseg.metrics import _rle
 
 
 def video_sort_key(video_id: str) -> int:
@@ -41,6 +42,7 @@ def check_prediction(pred: VideoPrediction, gt: VideoRecord) -> None:
             f"{where}: size {pred.height}x{pred.width} differs from the GT size {gt.height}x{gt.width}"
         )
     seen: set[int] = set()
+    hw = [gt.height, gt.width]
     for trk in pred.tracks:
         if trk.track_id in seen:
             raise AnnotationFormatError(f"{where}: duplicate track id {trk.track_id}")
@@ -52,32 +54,38 @@ def check_prediction(pred: VideoPrediction, gt: VideoRecord) -> None:
                 f"{where}: track {trk.track_id} has {len(trk.masks)} mask entries, the video has "
                 f"{gt.num_frames} frames (one entry per frame, None where absent)"
             )
-        for t, rle in enumerate(trk.masks):
-            if rle is None:
-                continue
+        # fast screen (a list size equal to [h, w]); anything else gets the full check
+        suspects = [
+            t for t, rle in enumerate(trk.masks) if rle is not None and (type(rle) is not dict or rle.get("size") != hw)
+        ]
+        for t in suspects:
+            rle = trk.masks[t]
             size = rle.get("size") if isinstance(rle, dict) else None
-            if size is None or [int(size[0]), int(size[1])] != [gt.height, gt.width]:
+            if not _is_size(size, hw):
                 raise AnnotationFormatError(
                     f"{where}: track {trk.track_id} frame {t}: RLE size {size} does not match the video "
                     f"size [{gt.height}, {gt.width}]"
                 )
 
 
+def _is_size(size: Any, hw: list[int]) -> bool:
+    """Whether an RLE's declared size equals [h, w] (any integer-like pair)."""
+    return size is not None and [int(size[0]), int(size[1])] == hw
+
+
 def gt_frame_rles(ann: FrameAnnotation, gt: VideoRecord) -> dict[int, RLE]:
     """GT track id -> compressed RLE of one annotated frame (tracks without a mask are left out). In-memory
     RLEs are used as they are (no decoding); label maps are decoded and encoded."""
     if ann.label_map is None and ann.rles is not None:
-        out: dict[int, RLE] = {}
-        for tid, rle in ann.rles.items():
-            if rle is None:
-                continue
+        hw = [gt.height, gt.width]
+        out: dict[int, RLE] = {tid: rle for tid, rle in ann.rles.items() if rle is not None}
+        for tid, rle in out.items():
             size = rle.get("size")
-            if [int(size[0]), int(size[1])] != [gt.height, gt.width]:
+            if size != hw and not _is_size(size, hw):
                 raise AnnotationFormatError(
                     f"GT video {gt.video_id!r} frame {ann.frame} track {tid}: RLE size {size} does not match "
                     f"the video size [{gt.height}, {gt.width}]"
                 )
-            out[tid] = rle
         return out
     labels = ann.decode()
     return {tid: mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for tid, m in labels.masks.items()}
@@ -108,33 +116,75 @@ def grouped_rle_ious(
     """
     d_group, g_group = np.asarray(d_group, np.int64), np.asarray(g_group, np.int64)
     out_d, out_g, out_iou = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
-    if len(d_rles) == 0 or len(g_rles) == 0:
-        return out_d[0], out_g[0], out_iou[0]
-    d_order, g_order = np.argsort(d_group, kind="stable"), np.argsort(g_group, kind="stable")
-    d_sorted, g_sorted = d_group[d_order], g_group[g_order]
-    groups = np.unique(d_sorted)
-    num_chunks = min(len(groups), max(1, int(np.sqrt(len(d_rles) * len(g_rles) / max_cells))))
-    bounds = [int(chunk[0]) for chunk in np.array_split(groups, num_chunks)] + [int(groups[-1]) + 1]
-    d_cut = np.searchsorted(d_sorted, bounds).tolist()
-    g_cut = np.searchsorted(g_sorted, bounds).tolist()
-    for c in range(num_chunks):
-        d_sel, g_sel = d_order[d_cut[c] : d_cut[c + 1]], g_order[g_cut[c] : g_cut[c + 1]]
-        if len(d_sel) == 0 or len(g_sel) == 0:
-            continue
+    for d_sel, g_sel, d_grp, g_grp in _group_chunks(d_group, g_group, max_cells):
         dts = [
             {"size": [d_rles[i]["size"][0], d_rles[i]["size"][1] + 1 + k], "counts": d_rles[i]["counts"]}
-            for i, k in zip(d_sel.tolist(), d_sorted[d_cut[c] : d_cut[c + 1]].tolist())
+            for i, k in zip(d_sel.tolist(), d_grp.tolist())
         ]
         gts = [
             {"size": [g_rles[j]["size"][0], g_rles[j]["size"][1] + 1 + k], "counts": g_rles[j]["counts"]}
-            for j, k in zip(g_sel.tolist(), g_sorted[g_cut[c] : g_cut[c + 1]].tolist())
+            for j, k in zip(g_sel.tolist(), g_grp.tolist())
         ]
         iou = np.asarray(mask_utils.iou(dts, gts, [0] * len(gts)), dtype=np.float64).reshape(len(dts), len(gts))
-        rows, cols = np.nonzero(d_sorted[d_cut[c] : d_cut[c + 1], None] == g_sorted[None, g_cut[c] : g_cut[c + 1]])
+        rows, cols = np.nonzero(d_grp[:, None] == g_grp[None, :])
         out_d.append(d_sel[rows])
         out_g.append(g_sel[cols])
         out_iou.append(iou[rows, cols])
     return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_iou)
+
+
+def _group_chunks(
+    d_group: np.ndarray, g_group: np.ndarray, max_cells: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Chunks of consecutive groups of about `max_cells` (d, g) cells: (d indices, g indices, their groups),
+    each side sorted by group; chunks without a d or without a g are skipped."""
+    if len(d_group) == 0 or len(g_group) == 0:
+        return
+    d_order, g_order = np.argsort(d_group, kind="stable"), np.argsort(g_group, kind="stable")
+    d_sorted, g_sorted = d_group[d_order], g_group[g_order]
+    groups = np.unique(d_sorted)
+    num_chunks = min(len(groups), max(1, int(np.sqrt(len(d_group) * len(g_group) / max_cells))))
+    bounds = [int(chunk[0]) for chunk in np.array_split(groups, num_chunks)] + [int(groups[-1]) + 1]
+    d_cut = np.searchsorted(d_sorted, bounds).tolist()
+    g_cut = np.searchsorted(g_sorted, bounds).tolist()
+    for c in range(num_chunks):
+        if d_cut[c] < d_cut[c + 1] and g_cut[c] < g_cut[c + 1]:
+            d_part, g_part = slice(d_cut[c], d_cut[c + 1]), slice(g_cut[c], g_cut[c + 1])
+            yield d_order[d_part], g_order[g_part], d_sorted[d_part], g_sorted[g_part]
+
+
+def grouped_rle_ious_and_areas(
+    d_rles: Sequence[RLE],
+    d_group: np.ndarray,
+    g_rles: Sequence[RLE],
+    g_group: np.ndarray,
+    max_cells: int = 512,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`grouped_rle_ious` plus the int64 pixel areas of every d and g RLE: (d index, g index, IoU) of the
+    same-group pairs, d areas, g areas. All RLEs must have one size (checked by the callers).
+
+    With pycocotools' C routines loadable (`_rle.available()`), every string is decoded once, in one call,
+    and areas and IoUs run on the decoded counts; else the Python API (`rle_areas`, `grouped_rle_ious`)."""
+    d_group, g_group = np.asarray(d_group, np.int64), np.asarray(g_group, np.int64)
+    decoded = _rle.decode_counts([r["counts"] for r in d_rles] + [r["counts"] for r in g_rles])
+    if decoded is None:
+        pd, pg, iou = grouped_rle_ious(d_rles, d_group, g_rles, g_group, max_cells)
+        return pd, pg, iou, rle_areas(d_rles), rle_areas(g_rles)
+    num_d, num_g = len(d_rles), len(g_rles)
+    sizes = [r["size"] for r in d_rles[:1]] + [r["size"] for r in g_rles[:1]]
+    height, width = (int(sizes[0][0]), int(sizes[0][1])) if sizes else (0, 0)
+    group = np.concatenate([d_group, g_group])
+    structs = _rle.make_structs(*decoded, np.full(num_d + num_g, height), width + 1 + group)
+    areas = _rle.areas(structs)
+    out_d, out_g, out_iou = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    if num_d and num_g:
+        for d_sel, g_sel, d_grp, g_grp in _group_chunks(d_group, g_group, max_cells):
+            iou = _rle.ious(structs[d_sel], structs[num_d + g_sel])
+            rows, cols = np.nonzero(d_grp[:, None] == g_grp[None, :])
+            out_d.append(d_sel[rows])
+            out_g.append(g_sel[cols])
+            out_iou.append(iou[rows, cols])
+    return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_iou), areas[:num_d], areas[num_d:]
 
 
 def intersections_from_iou(iou: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:

@@ -32,7 +32,16 @@ from vidseg.data.records import (
     VideoRecord,
 )
 from vidseg.metrics._common import pair_videos
-from vidseg.metrics._dense import Scratch, Vocabulary, cv2, id_range, raw_pair_histogram, scored_frames, tensor
+from vidseg.metrics._dense import (
+    Scratch,
+    Vocabulary,
+    byte_pair_histogram,
+    cv2,
+    id_range,
+    raw_pair_histogram,
+    scored_frames,
+    tensor,
+)
 
 VSPW_VC_WINDOWS = (8, 16)
 
@@ -148,7 +157,7 @@ class _VideoCounter:
             p8 = self.scratch.get(f"p8_{t % 2}", g.shape, np.uint8)
             np.copyto(p8, p, casting="unsafe")
             rows = 256 if void is not None else top_g
-            hist = cv2.calcHist([g8, p8], [0, 1], None, [rows, top_p], [0, rows, 0, top_p]).astype(np.int64)
+            hist = byte_pair_histogram(g8, p8, rows, top_p, self.scratch)
             remapped = self.vocab.remap_histogram(hist)
             if remapped is None or remapped[0][:, self.vocab.void].any():  # an unknown id: reported there
                 remapped = (self._confusion(g if void is None else np.where(void, IGNORE_LABEL, g), p, where),)

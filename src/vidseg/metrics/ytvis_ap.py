@@ -25,11 +25,10 @@ from vidseg.metrics._common import (
     cat_state,
     check_no_duplicate_videos,
     check_prediction,
-    grouped_rle_ious,
+    grouped_rle_ious_and_areas,
     gt_frame_rles,
     intersections_from_iou,
     pair_videos,
-    rle_areas,
     video_sort_key,
 )
 
@@ -154,29 +153,38 @@ class YTVISMeanAP(Metric):
         )
         dt_score = np.array([float(tr.score) for tr in pred.tracks], dtype=np.float64)
         num_d, num_g = len(pred.tracks), len(gt_ids)
-        # every RLE of the video, grouped by (annotated frame, category): one area and a few IoU calls
-        g_rles, g_idx, g_group, d_rles, d_idx, d_group = [], [], [], [], [], []
-        num_c = len(self.category_ids)
+        # every RLE of the video, grouped by (annotated frame, category): a few IoU calls that also give areas
+        g_rles: list = []
+        d_rles: list = []
+        g_idx, g_pos, d_pos, d_count, frames = [], [], [], [], []
         for pos, ann in enumerate(gt.annotations):
             frame_rles = gt_frame_rles(ann, gt)
-            for tid, rle in frame_rles.items():
-                if tid not in gt_pos:
-                    raise AnnotationFormatError(
-                        f"GT video {gt.video_id!r} frame {ann.frame}: track(s) "
-                        f"{sorted(set(frame_rles) - set(gt_pos))} not in the track list"
-                    )
-                g_rles.append(rle)
-                g_idx.append(gt_pos[tid])
-                g_group.append(pos * num_c + gt_cat[gt_pos[tid]])
-            for i, trk in enumerate(pred.tracks):
-                rle = trk.masks[ann.frame]
-                if rle is not None:
-                    d_rles.append(rle)
-                    d_idx.append(i)
-                    d_group.append(pos * num_c + dt_cat[i])
-        g_idx_a, d_idx_a = np.asarray(g_idx, np.int64), np.asarray(d_idx, np.int64)
-        g_area, d_area = rle_areas(g_rles), rle_areas(d_rles)
-        pd, pg, pair_iou = grouped_rle_ious(d_rles, np.asarray(d_group), g_rles, np.asarray(g_group))
+            try:
+                g_idx += [gt_pos[tid] for tid in frame_rles]
+            except KeyError:
+                raise AnnotationFormatError(
+                    f"GT video {gt.video_id!r} frame {ann.frame}: track(s) "
+                    f"{sorted(set(frame_rles) - set(gt_pos))} not in the track list"
+                ) from None
+            g_rles += frame_rles.values()
+            g_pos += [pos] * len(frame_rles)
+            frames.append(ann.frame)
+        every_frame = frames == list(range(gt.num_frames))
+        for trk in pred.tracks:
+            masks = trk.masks if every_frame else [trk.masks[f] for f in frames]
+            present = [p for p, rle in enumerate(masks) if rle is not None]
+            d_rles += [masks[p] for p in present]
+            d_pos += present
+            d_count.append(len(present))
+        num_c = len(self.category_ids)
+        g_idx_a = np.asarray(g_idx, np.int64)
+        d_idx_a = np.repeat(np.arange(num_d), d_count)
+        pd, pg, pair_iou, d_area, g_area = grouped_rle_ious_and_areas(
+            d_rles,
+            np.asarray(d_pos, np.int64) * num_c + dt_cat[d_idx_a],
+            g_rles,
+            np.asarray(g_pos, np.int64) * num_c + gt_cat[g_idx_a],
+        )
         gt_area_sum = np.bincount(g_idx_a, weights=g_area, minlength=num_g).astype(np.int64)  # exact: < 2**53
         gt_nonzero = np.bincount(g_idx_a[g_area > 0], minlength=num_g)
         dt_area_sum = np.bincount(d_idx_a, weights=d_area, minlength=num_d).astype(np.int64)
