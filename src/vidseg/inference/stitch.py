@@ -6,6 +6,9 @@ track's clips, and finished frames are turned into original-size masks and relea
   the averages of frames no later clip will touch.
 - `match_by_iou`: maximal-IoU assignment between two sets of binarised overlap masks (scipy).
 - `TrackStitcher`: query tracks of VIS/VPS clips -> video tracks (ids stable across clips, per-frame RLE).
+  By default tracks are linked by overlap mask IoU (TarViS); an optional `AssociationScore` (GvSeg SPA:
+  cos(q + H), `vidseg.tasks.gvseg.spa_association`) replaces the IoU with a score over query embeddings and
+  the overlap masks, with its own threshold.
 - `CompressedMaps`: a list-like sequence of int maps stored zlib-compressed (long videos' semantic maps).
 Task-specific choices (which queries become tracks, classes, pasting) stay in the task files.
 """
@@ -25,6 +28,10 @@ from vidseg.inference.resize import logits_to_original, masks_to_rles
 
 Upsampler = Callable[[torch.Tensor], torch.Tensor]
 """[K, t, h4, w4] stride-4 logits -> [K, t, H, W] logits at the original frame size."""
+
+AssociationScore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(track overlap masks bool [P, O, h4, w4], track embeddings [P, d], query overlap logits [Q, O, h4, w4],
+query embeddings [Q, d]) -> association scores [P, Q] (higher = more alike)."""
 
 
 def make_upsampler(padded_hw: tuple[int, int], valid_hw: tuple[int, int], orig_hw: tuple[int, int]) -> Upsampler:
@@ -91,6 +98,19 @@ def match_by_iou(prev: torch.Tensor, cur: torch.Tensor, threshold: float) -> lis
     return [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] > threshold]
 
 
+def match_by_score(scores: torch.Tensor, threshold: float) -> list[tuple[int, int]]:
+    """Hungarian (maximising the total score) over a [P, Q] score matrix; pairs with score > threshold."""
+    if scores.dim() != 2:
+        raise ValueError(f"match_by_score expects a [P, Q] score matrix, got shape {tuple(scores.shape)}")
+    if scores.shape[0] == 0 or scores.shape[1] == 0:
+        return []
+    s = scores.detach().float().cpu().numpy()
+    if not np.isfinite(s).all():
+        raise ValueError("match_by_score: association scores contain NaN or inf")
+    rows, cols = linear_sum_assignment(s, maximize=True)
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if s[r, c] > threshold]
+
+
 @dataclass
 class StitchedTrack:
     """A video-level track: its per-clip class probabilities (averaged) and per-frame RLE masks."""
@@ -99,6 +119,7 @@ class StitchedTrack:
     num_frames: int
     prob_sum: torch.Tensor | None = None  # [1+C] sum of per-clip class probabilities
     clips: int = 0
+    embedding: torch.Tensor | None = None  # [d] query embedding in the latest clip (score association only)
     masks: list[RLE | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -118,23 +139,53 @@ class TrackStitcher:
     present on the `overlap` shared frames by Hungarian matching on binarised IoU of the averaged logits
     there (a match needs IoU > iou_threshold); matched queries extend their track, the rest start new
     tracks (ids in order of appearance). Logits are averaged on overlaps; class probabilities over clips.
-    finish(upto): frames < upto become original-size RLE masks (logit > 0) and their logits are released.
+    With `association` (and `embeddings` [Q, d] given to add_clip), the Hungarian matching maximises
+    association(track overlap masks, track embeddings, query overlap logits, query embeddings) instead of
+    the IoU and a match needs a score > association_threshold; a track's embedding is its query's in the
+    latest clip. finish(upto): frames < upto become original-size RLE masks (logit > 0), logits released.
     """
 
-    def __init__(self, num_frames: int, upsample: Upsampler, iou_threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_frames: int,
+        upsample: Upsampler,
+        iou_threshold: float = 0.5,
+        association: AssociationScore | None = None,
+        association_threshold: float = 0.5,
+    ) -> None:
         self.num_frames, self.upsample, self.iou_threshold = num_frames, upsample, iou_threshold
+        self.association, self.association_threshold = association, association_threshold
         self.tracks: dict[int, StitchedTrack] = {}
         self.logits = OverlapAverager()
         self._next_id = 1
 
-    def add_clip(self, start: int, overlap: int, probs: torch.Tensor, logits: torch.Tensor) -> list[int]:
-        """Returns the track id given to each query (same order as `probs`)."""
+    def add_clip(
+        self,
+        start: int,
+        overlap: int,
+        probs: torch.Tensor,
+        logits: torch.Tensor,
+        embeddings: torch.Tensor | None = None,
+    ) -> list[int]:
+        """Returns the track id given to each query (same order as `probs`). `embeddings` [Q, d]: the
+        queries' association embeddings, required with an `association` score (ignored without one)."""
+        if self.association is not None and (embeddings is None or embeddings.shape[0] != probs.shape[0]):
+            got = None if embeddings is None else tuple(embeddings.shape)
+            raise ValueError(f"TrackStitcher with an association score needs embeddings [{probs.shape[0]}, d], "
+                             f"got {got}")
         assigned: list[int | None] = [None] * probs.shape[0]
         if overlap and probs.shape[0]:
             prev_ids = sorted({k for f in range(start, start + overlap) for k in self.logits.keys_at(f)})
             if prev_ids:
                 prev = torch.stack([self._overlap_masks(tid, start, overlap, logits) for tid in prev_ids])
-                for p, q in match_by_iou(prev, logits[:, :overlap] > 0, self.iou_threshold):
+                if self.association is None:
+                    pairs = match_by_iou(prev, logits[:, :overlap] > 0, self.iou_threshold)
+                else:
+                    assert embeddings is not None
+                    prev_emb = torch.stack([self._embedding(tid) for tid in prev_ids]).to(embeddings)
+                    scores = self.association(prev, prev_emb, logits[:, :overlap], embeddings)
+                    pairs = match_by_score(scores, self.association_threshold)
+                for p, q in pairs:
                     assigned[q] = prev_ids[p]
         ids: list[int] = []
         for q, tid in enumerate(assigned):
@@ -145,9 +196,18 @@ class TrackStitcher:
             trk = self.tracks[tid]
             trk.prob_sum = probs[q].float().clone() if trk.prob_sum is None else trk.prob_sum + probs[q].float()
             trk.clips += 1
+            if self.association is not None:
+                assert embeddings is not None
+                trk.embedding = embeddings[q].detach()
             self.logits.add(start, tid, logits[q])
             ids.append(tid)
         return ids
+
+    def _embedding(self, tid: int) -> torch.Tensor:
+        emb = self.tracks[tid].embedding
+        if emb is None:
+            raise ValueError(f"TrackStitcher: track {tid} has no embedding (added without an association score)")
+        return emb
 
     def _overlap_masks(self, tid: int, start: int, overlap: int, like: torch.Tensor) -> torch.Tensor:
         """bool [O, h4, w4]: the track's averaged logits > 0 on the overlap frames (False where absent)."""

@@ -6,7 +6,9 @@ GvSeg's code was never released: this is vidseg's own re-implementation. Compone
 - SPA matching: :func:`spa_query_adders` feeds projected H of each *thing* group's previous prediction into
   the decoder's ``query_adders`` hook (added to q/k before every self-attention); semantic/stuff groups never
   get SPA (GvSeg: it hurts semantic generalisation). :func:`association_embedding` /
-  :func:`association_scores` give S_ij = cos(q_i + H_i, q_j + H_j) for cross-clip association;
+  :func:`association_scores` give S_ij = cos(q_i + H_i, q_j + H_j); :func:`spa_association` is the
+  cross-clip association score of the VIS/VPS stitcher (``vidseg.inference.stitch.TrackStitcher``): H of a
+  track's and of a query's masks on the frames the two clips share;
 - task-oriented query init (:mod:`vidseg.tasks.gvseg_queries`): grid (VIS, VPS things), EMA class prototypes
   (VSS, VPS stuff), prompt-sampled features (VOS, PET);
 - task-oriented temporal contrastive learning (:mod:`vidseg.tasks.gvseg_contrastive`): ΔH-gated pairs, per-class
@@ -17,10 +19,11 @@ GvSeg's code was never released: this is vidseg's own re-implementation. Compone
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -68,6 +71,7 @@ __all__ = [
     "semantic_contrastive_loss",
     "shape_position_descriptor",
     "spa_adder",
+    "spa_association",
     "spa_query_adders",
 ]
 
@@ -81,7 +85,8 @@ class GvSegConfig:
 
     Attributes:
         spa: shape-position-aware matching (H added to thing queries before self-attention, and in
-            association).
+            cross-clip association: tracks are linked by S = cos(q + H) instead of the overlap mask IoU).
+        association_threshold: with spa, a query continues a track only if S > this (not stated; ours).
         task_init: task-oriented query init (grid / prototypes / prompt features).
         contrastive: task-oriented temporal contrastive loss.
         angle_bins, radius_bins, num_points, max_radius: descriptor H (36 × 12 bins, M = 200: gvseg.md §3;
@@ -96,6 +101,7 @@ class GvSegConfig:
     """
 
     spa: bool = False
+    association_threshold: float = 0.5
     task_init: bool = False
     contrastive: bool = False
     angle_bins: int = 36
@@ -127,6 +133,8 @@ class GvSegConfig:
             raise ValueError(f"GvSegConfig: momentum must be in [0, 1), got {self.momentum}")
         if self.loss_form not in LOSS_FORMS:
             raise ValueError(f"GvSegConfig: loss_form must be one of {LOSS_FORMS}, got {self.loss_form!r}")
+        if not -1.0 <= self.association_threshold < 1.0:
+            raise ValueError(f"GvSegConfig: association_threshold must be in [-1, 1), got {self.association_threshold}")
         if self.weight < 0:
             raise ValueError(f"GvSegConfig: weight must be ≥ 0, got {self.weight}")
 
@@ -186,3 +194,18 @@ def association_embedding(queries: Tensor, h: Tensor | None = None) -> Tensor:
 def association_scores(emb_a: Tensor, emb_b: Tensor) -> Tensor:
     """S_ij = cos(a_i, b_j) of association embeddings [..., n, d] × [..., m, d] → [..., n, m]."""
     return F.normalize(emb_a, dim=-1) @ F.normalize(emb_b, dim=-1).transpose(-1, -2)
+
+
+def spa_association(encoder: ShapePositionEncoder) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """Cross-clip association score for ``TrackStitcher``: S[p, q] = cos(e_p + H(track p's masks), e_q +
+    H(query q's masks)), both H from the masks on the overlap frames [n, O, h, w] (bool or logits), so the
+    two sides are compared at the same frames; e = query embeddings [n, d]."""
+
+    @torch.no_grad()
+    def score(track_masks: Tensor, track_emb: Tensor, query_masks: Tensor, query_emb: Tensor) -> Tensor:
+        h_tracks = encoder(track_masks.unsqueeze(0))[0]  # [P, d]
+        h_queries = encoder(query_masks.unsqueeze(0))[0]  # [Q, d]
+        return association_scores(association_embedding(track_emb, h_tracks),
+                                  association_embedding(query_emb, h_queries))
+
+    return score

@@ -28,6 +28,7 @@ from vidseg.tasks.gvseg import (
     GvSegConfig,
     instance_contrastive_loss,
     shape_position_descriptor,
+    spa_association,
     spa_query_adders,
 )
 
@@ -250,17 +251,20 @@ class VISTask(Task):
     def stitch_tracks(self, model: Any, video: Any, dataset: str, on_clip: Any = None) -> tuple[Any, Any]:
         """Run overlapping clips of `clip_len`/`clip_overlap` (None: one clip) and link their candidate queries
         into video tracks (`vidseg.inference.stitch.TrackStitcher`); `on_clip(clip, out, upsample)` sees
-        every clip's decoder output. Returns the stitcher and the video's frames."""
+        every clip's decoder output. Returns the stitcher and the video's frames. Tracks are linked by overlap
+        mask IoU (TarViS), or with GvSeg SPA by S = cos(q + H) of the instance queries (`spa_association`)."""
         from vidseg.inference.stitch import TrackStitcher, make_upsampler
         from vidseg.inference.stream import as_video_frames, stream_clips
 
         frames = as_video_frames(video)
         up = make_upsampler(frames.padded_hw, frames.valid_hw, frames.orig_hw)
-        stitcher = TrackStitcher(frames.num_frames, up, self.iou_threshold)
+        assoc = None if self.spa_encoder is None else spa_association(self.spa_encoder)
+        stitcher = TrackStitcher(frames.num_frames, up, self.iou_threshold, assoc, self.gvseg.association_threshold)
         for clip in stream_clips(frames, self.clip_len, self.clip_overlap):
             probs, logits, out = self.predict_clip(model, clip.frames, dataset)
             keep = self.clip_candidates(probs, dataset)
-            stitcher.add_clip(clip.start, clip.overlap, probs[keep], logits[keep])
+            emb = None if assoc is None else out.group("instance", -1).queries[0, keep]
+            stitcher.add_clip(clip.start, clip.overlap, probs[keep], logits[keep], emb)
             if on_clip is not None:
                 on_clip(clip, out, up)
             stitcher.finish(clip.next_start)
