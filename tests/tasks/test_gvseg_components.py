@@ -221,5 +221,8 @@ def test_config_defaults_and_validation() -> None:
         GvSegConfig(momentum=1.5)
     with pytest.raises(ValueError, match="loss_form"):
         GvSegConfig(loss_form="hinge")
+    assert cfg.association_threshold == 0.5
+    with pytest.raises(ValueError, match="association_threshold"):
+        GvSegConfig(association_threshold=1.0)
     enc = GvSegConfig(angle_bins=10, radius_bins=4, num_points=50).encoder(16)
     assert (enc.angle_bins, enc.radius_bins, enc.num_points, enc.descriptor_dim) == (10, 4, 50, 42)

@@ -59,6 +59,33 @@ def test_each_switch_changes_the_vps_computation(switch: str, new_term: str | No
         assert any(not torch.equal(plain[k], on[k]) for k in plain), f"{switch} did not change any loss term"
 
 
+def _ablation_batch(row: str, cache: Path) -> tuple[object, object, object]:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=gvseg_ablation", f"+gvseg={row}", f"paths.cache_dir={cache}",
+                                          "paths.output_dir=/tmp/x", "data.batch_size=2"])
+    torch.manual_seed(0)
+    dm = build_datamodule(cfg, ["vps"])
+    dm.prepare_data()
+    module = build_module(cfg, dm)
+    return dm, module, next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.slow
+def test_ablation_contrastive_rows_draw_a_distant_reference_frame(cache: Path) -> None:
+    """Rows with the contrastive switch prepend a distant reference (clip frame 0) to the same TarViS clip."""
+    dm, _, plain = _ablation_batch("baseline", cache)
+    assert not dm._clip_dataset("syn_vipseg").sampler.distant_reference
+    dm, module, ref = _ablation_batch("contrastive", cache)
+    assert dm._clip_dataset("syn_vipseg").sampler.distant_reference
+    assert plain.frames.shape[1] == 3 and ref.frames.shape[1] == 4
+    for p, r in zip(plain.samples, ref.samples, strict=True):
+        assert p.frame_indices == sorted(p.frame_indices)
+        assert r.frame_indices[1:] == p.frame_indices and r.frame_indices[0] not in p.frame_indices
+    torch.manual_seed(1)
+    losses, _ = module.forward_task(ref)
+    assert torch.isfinite(losses["contrastive"]) and all(torch.isfinite(v) for v in losses.values())
+
+
 @pytest.mark.slow
 def test_ablation_multirun_end_to_end(tmp_path: Path, cache: Path) -> None:
     sweep = tmp_path / "sweep"
