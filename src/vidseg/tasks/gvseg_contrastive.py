@@ -2,7 +2,9 @@
 
 - Instance targets: a same-identity pair (reference frame t, other frame t + n) is a positive only if the
   shape-position descriptor changed little, ΔH = ‖H_{t+n} − H_t‖ / ‖H_t‖ < τ; otherwise it is a negative.
-  Different identities are negatives. :func:`contrastive_pairs` builds the two masks.
+  Different identities are negatives. :func:`contrastive_pairs` builds the two masks. The reference is clip
+  frame 0: with ``InstanceClipSampler(distant_reference=True)`` a frame drawn beyond the TarViS window (anywhere
+  in the video, or within a configured gap) and prepended to the TarViS clip (``vidseg.data.sampling``).
 - Semantic targets: a FIFO queue of embeddings per class (:class:`ClassQueue`) supplies positives (same class)
   and negatives (other classes); :func:`class_pairs` builds the masks.
 - :func:`contrastive_loss`: the loss form is not stated by GvSeg; two forms are offered — ``"infonce"``
