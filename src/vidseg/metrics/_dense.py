@@ -55,6 +55,7 @@ class Vocabulary:
         self.lut = np.full(max(max(ids), IGNORE_LABEL) + 1, self.invalid, dtype=self.dtype)
         self.lut[self.ids] = np.arange(self.num_classes)
         self.lut[IGNORE_LABEL] = self.num_classes
+        self._remap_plans: dict[tuple[int, int], tuple] = {}  # histogram shape -> index arrays
 
     @property
     def void(self) -> int:
@@ -83,22 +84,26 @@ class Vocabulary:
             )
         return out
 
-    def remap_histogram(self, hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def remap_histogram(self, hist: np.ndarray) -> np.ndarray | None:
         """A histogram over raw (GT id, predicted id) pairs -> [C+1, C+1] counts over vocabulary indices (void =
-        C), plus which raw ids occur on each side ([Ra], [Rb] bool). None when an occurring id is unknown (the
-        caller then reports it through `index`)."""
+        C). None when an occurring id is unknown (the caller then reports it through `index`)."""
         ra, rb = hist.shape
         if ra > len(self.lut) or rb > len(self.lut):
             return None
-        g_seen, p_seen = hist.any(axis=1), hist.any(axis=0)
-        g_idx, p_idx = self.lut[:ra], self.lut[:rb]
-        if (g_idx[g_seen] == self.invalid).any() or (p_idx[p_seen] == self.invalid).any():
+        plan = self._remap_plans.get((ra, rb))
+        if plan is None:
+            g_idx, p_idx = self.lut[:ra].astype(np.intp), self.lut[:rb].astype(np.intp)
+            g_ok, p_ok = g_idx != self.invalid, p_idx != self.invalid
+            rows, cols = np.flatnonzero(g_ok), np.flatnonzero(p_ok)
+            plan = (~g_ok, ~p_ok, np.ix_(rows, cols), np.ix_(g_idx[rows], p_idx[cols]))
+            self._remap_plans[(ra, rb)] = plan
+        g_bad, p_bad, source, target = plan
+        if (g_bad.any() and hist[g_bad].any()) or (p_bad.any() and hist[:, p_bad].any()):
             return None
-        rows, cols = np.flatnonzero(g_seen), np.flatnonzero(p_seen)
         out = np.zeros((self.num_classes + 1, self.num_classes + 1), dtype=np.int64)
         # the lookup is one-to-one on known ids (distinct ids, IGNORE_LABEL alone on void): plain assignment
-        out[np.ix_(g_idx[rows].astype(np.intp), p_idx[cols].astype(np.intp))] = hist[np.ix_(rows, cols)]
-        return out, g_seen, p_seen
+        out[target] = hist[source]
+        return out
 
 
 def id_range(values: np.ndarray) -> int | None:
@@ -127,13 +132,13 @@ class Scratch:
             self._arrays[name] = arr
         return arr
 
-    def lane_pattern(self, shape: tuple[int, ...], lanes: int) -> np.ndarray:
-        """uint8 map holding column index % lanes (read-only, built once per shape)."""
-        key = f"lanes{lanes}"
+    def lane_pattern(self, shape: tuple[int, ...], lanes: int, dtype: type = np.uint8) -> np.ndarray:
+        """Map holding column index % lanes (read-only, built once per shape and dtype)."""
+        key = f"lanes{lanes}_{np.dtype(dtype).name}"
         arr = self._arrays.get(key)
         if arr is None or arr.shape != shape:
-            arr = np.empty(shape, np.uint8)
-            arr[:] = (np.arange(shape[-1]) % lanes).astype(np.uint8)
+            arr = np.empty(shape, dtype)
+            arr[:] = (np.arange(shape[-1]) % lanes).astype(dtype)
             self._arrays[key] = arr
         return arr
 
@@ -172,7 +177,7 @@ def pair_histogram(a: np.ndarray, b: np.ndarray, ra: int, rb: int, scratch: Scra
     return np.bincount(cell.ravel(), minlength=ra * rb).reshape(ra, rb)
 
 
-_LANES = 4  # interleaved sub-histograms (see byte_pair_histogram)
+LANES = 4  # interleaved sub-histograms (see byte_pair_histogram)
 
 
 def byte_pair_histogram(a: np.ndarray, b: np.ndarray, ra: int, rb: int, scratch: Scratch) -> np.ndarray:
@@ -181,32 +186,35 @@ def byte_pair_histogram(a: np.ndarray, b: np.ndarray, ra: int, rb: int, scratch:
 
     Label maps are piecewise constant, so neighbouring pixels hit the same bin and each increment waits for
     the previous one; giving the pixels of column x the sub-bin x % 4 of the smaller side (its value * 4 +
-    x % 4, one byte-wide pass) spreads them over 4 bins and about halves the time. The sub-bins are summed
-    after (float32 counts are exact below 2**24 pixels)."""
-    lanes = _LANES
+    x % 4, one byte-wide pass: `lane_keys`) spreads them over 4 bins and about halves the time. The sub-bins
+    are summed after (float32 counts are exact below 2**24 pixels)."""
     if cv2 is None:
         cell = np.multiply(a, rb, dtype=np.int64)
         cell += b
         return np.bincount(cell.ravel(), minlength=ra * rb).reshape(ra, rb)
-    if rb * lanes <= 256:
-        wide, side = b, 1
-    elif ra * lanes <= 256:
-        wide, side = a, 0
-    else:
-        return cv2.calcHist([a, b], [0, 1], None, [ra, rb], [0, ra, 0, rb]).astype(np.int64)
-    pattern = scratch.lane_pattern(a.shape, lanes)
-    keyed = scratch.get("lane_key", a.shape, np.uint8)
-    np.multiply(wide, lanes, out=keyed)
-    np.add(keyed, pattern, out=keyed)
-    if side == 1:
-        hist = cv2.calcHist([a, keyed], [0, 1], None, [ra, rb * lanes], [0, ra, 0, rb * lanes])
-        parts = [hist[:, k::lanes] for k in range(lanes)]
-    else:
-        hist = cv2.calcHist([keyed, b], [0, 1], None, [ra * lanes, rb], [0, ra * lanes, 0, rb])
-        parts = [hist[k::lanes] for k in range(lanes)]
-    total = parts[0] + parts[1]  # float32 sums of counts stay exact below 2**24
-    for part in parts[2:]:
-        total += part
+    if rb * LANES <= 256:
+        return laned_pair_histogram(a, lane_keys(b, scratch, "lane_key"), ra, rb)
+    if ra * LANES <= 256:
+        return laned_pair_histogram(b, lane_keys(a, scratch, "lane_key"), rb, ra).T
+    return cv2.calcHist([a, b], [0, 1], None, [ra, rb], [0, ra, 0, rb]).astype(np.int64)
+
+
+def lane_keys(values: np.ndarray, scratch: Scratch, name: str) -> np.ndarray:
+    """uint8 map values * LANES + column % LANES of a 2-D integer map with values < 256 / LANES (any integer
+    dtype: the arithmetic runs in its type and the result is cast, read straight from e.g. int32 input)."""
+    keyed = scratch.get(name, values.shape, np.uint8)
+    np.multiply(values, LANES, out=keyed, casting="unsafe")
+    np.add(keyed, scratch.lane_pattern(values.shape, LANES), out=keyed)
+    return keyed
+
+
+def laned_pair_histogram(a: np.ndarray, keyed: np.ndarray, ra: int, rb: int) -> np.ndarray:
+    """int64 counts [ra, rb] of the (a, b) pairs from uint8 `a` (values < ra) and `keyed` = lane_keys(b)
+    (b < rb, rb * LANES <= 256): one OpenCV histogram over the sub-bins, summed."""
+    hist = cv2.calcHist([a, keyed], [0, 1], None, [ra, rb * LANES], [0, ra, 0, rb * LANES])
+    total = hist[:, 0::LANES] + hist[:, 1::LANES]  # float32 sums of counts stay exact below 2**24
+    for k in range(2, LANES):
+        total += hist[:, k::LANES]
     return total.astype(np.int64)
 
 

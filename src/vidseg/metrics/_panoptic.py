@@ -13,7 +13,16 @@ from __future__ import annotations
 import numpy as np
 
 from vidseg.data.records import AnnotationFormatError, FrameLabels
-from vidseg.metrics._dense import Scratch, TrackSlots, Vocabulary, cv2, id_range, pair_counts, pair_histogram
+from vidseg.metrics._dense import (
+    LANES,
+    Scratch,
+    TrackSlots,
+    Vocabulary,
+    cv2,
+    id_range,
+    pair_counts,
+    pair_histogram,
+)
 
 _JOINT_LIMIT = 1 << 22  # largest instance id range compacted with a bincount (else np.unique)
 
@@ -65,6 +74,39 @@ def paint_slots(
     return out
 
 
+def _compact_instances(
+    inst: np.ndarray, top: int, c1: int, num_g: int, scratch: Scratch
+) -> tuple[np.ndarray, np.ndarray, type]:
+    """(instance ids present, map of compact number * c1 per pixel, its dtype) of a 2-D instance map with
+    ids in [0, top), top * LANES <= 2**16, with OpenCV.
+
+    Which ids occur: one 1-D histogram over id * LANES + column % LANES (uint16; the lanes spread the
+    increments of equal neighbours over separate bins, see `byte_pair_histogram`). The per-pixel lookup: on
+    the low byte with cv2.LUT when the ids present differ there and the keys fit a byte, else np.take over the
+    lane keys."""
+    shape = inst.shape
+    keyed = scratch.get("inst_keys", shape, np.uint16)
+    np.multiply(inst, LANES, out=keyed, casting="unsafe")
+    np.add(keyed, scratch.lane_pattern(shape, LANES, np.uint16), out=keyed)
+    hist = cv2.calcHist([keyed], [0], None, [top * LANES], [0, top * LANES]).reshape(top, LANES)
+    inst_ids = np.flatnonzero(hist.any(axis=1))
+    codes = np.arange(len(inst_ids)) * c1
+    key_type = _key_type(max(num_g, len(inst_ids) * c1))
+    p_key = scratch.get("p_key", shape, key_type)
+    low = inst_ids & 0xFF
+    if key_type == np.uint8 and len(np.unique(low)) == len(low):
+        low_bytes = scratch.get("inst_low", shape, np.uint8)
+        np.copyto(low_bytes, inst, casting="unsafe")  # the low byte of each id
+        lut = np.zeros(256, np.uint8)
+        lut[low] = codes
+        cv2.LUT(low_bytes, lut, dst=p_key)
+    else:
+        lut = np.zeros(top, key_type)
+        lut[inst_ids] = codes
+        np.take(np.repeat(lut, LANES), keyed, out=p_key)
+    return inst_ids, p_key, key_type
+
+
 def _key_type(num_keys: int) -> type:
     return np.uint8 if num_keys <= 256 else np.uint16 if num_keys <= 1 << 16 else np.int64
 
@@ -110,28 +152,24 @@ def segment_pairs(
     num_g = (int(g_slot.max(initial=0)) + 1) * c1
     # compact instance numbers (their ids are arbitrary, e.g. 1000 * i + c): which ids occur, then one lookup
     # giving compact number * (C + 1), to which the class index is added
-    source = inst
-    if top <= 1 << 16 and cv2 is not None and inst.ndim == 2:
-        source = scratch.get("inst_u16", shape, np.uint16)
-        np.copyto(source, inst, casting="unsafe")
-        present = cv2.calcHist([source], [0], None, [top], [0, top]).ravel() > 0
-    elif top <= _JOINT_LIMIT:
-        present = np.bincount(inst.ravel(), minlength=top) > 0
+    if top * LANES <= 1 << 16 and cv2 is not None and inst.ndim == 2:
+        inst_ids, p_key, key_type = _compact_instances(inst, top, c1, num_g, scratch)
     else:
-        present = None
-    if present is not None:
-        inst_ids = np.flatnonzero(present)
-        num_p = len(inst_ids) * c1
-        key_type = _key_type(max(num_g, num_p))
-        lut = np.zeros(top, dtype=key_type)
-        lut[inst_ids] = np.arange(len(inst_ids)) * c1
-        p_key = np.take(lut, source, out=scratch.get("p_key", shape, key_type))
-    else:
-        inst_ids, inverse = np.unique(inst, return_inverse=True)
+        if top <= _JOINT_LIMIT:
+            inst_ids = np.flatnonzero(np.bincount(inst.ravel(), minlength=top))
+            inverse = None
+        else:
+            inst_ids, inverse = np.unique(inst, return_inverse=True)
         num_p = len(inst_ids) * c1
         key_type = _key_type(max(num_g, num_p))
         p_key = scratch.get("p_key", shape, key_type)
-        np.multiply(inverse.reshape(shape), c1, out=p_key, dtype=key_type, casting="unsafe")
+        if inverse is None:
+            lut = np.zeros(top, dtype=key_type)
+            lut[inst_ids] = np.arange(len(inst_ids)) * c1
+            np.take(lut, inst, out=p_key)
+        else:
+            np.multiply(inverse.reshape(shape), c1, out=p_key, dtype=key_type, casting="unsafe")
+    num_p = len(inst_ids) * c1
     np.add(p_key, p_cls, out=p_key, casting="unsafe")
     # the loop type is given: the slot map's small type would wrap around
     g_key = np.multiply(g_slot, c1, out=scratch.get("g_key", shape, key_type), dtype=key_type, casting="unsafe")

@@ -31,13 +31,16 @@ from vidseg.data.records import (
     VideoPrediction,
     VideoRecord,
 )
+from vidseg.metrics import _dense
 from vidseg.metrics._common import pair_videos
 from vidseg.metrics._dense import (
+    LANES,
     Scratch,
     Vocabulary,
     byte_pair_histogram,
-    cv2,
     id_range,
+    lane_keys,
+    laned_pair_histogram,
     raw_pair_histogram,
     scored_frames,
     tensor,
@@ -106,6 +109,13 @@ def from_records(
     return metric.compute()
 
 
+def _count(mask: np.ndarray) -> int:
+    """Number of True values of a bool map (OpenCV's count is about twice numpy's on 2-D maps)."""
+    if _dense.cv2 is not None and mask.ndim == 2 and mask.flags.c_contiguous:
+        return int(_dense.cv2.countNonZero(mask.view(np.uint8)))
+    return int(np.count_nonzero(mask))
+
+
 class _VideoCounter:
     """Confusion and VC_n of one video, streamed frame by frame.
 
@@ -133,8 +143,8 @@ class _VideoCounter:
         predictions raise naming `where`."""
         hist = raw_pair_histogram(g, p, scratch=self.scratch)
         remapped = None if hist is None else self.vocab.remap_histogram(hist)
-        if remapped is not None and not remapped[0][:, self.vocab.void].any():
-            return remapped[0]
+        if remapped is not None and not remapped[:, self.vocab.void].any():
+            return remapped
         gi = self.vocab.index(g, f"{where} (GT)").astype(np.int64)  # slow path: reports the bad id
         pi = self.vocab.index(p, f"{where} (prediction)", allow_void=False)
         c1 = self.vocab.num_classes + 1
@@ -145,7 +155,8 @@ class _VideoCounter:
         self.t += 1
         t = self.t
         top_g, top_p = id_range(g), id_range(p)
-        if cv2 is not None and g.ndim == 2 and top_g is not None and top_p is not None and max(top_g, top_p) <= 256:
+        bytes_fit = top_g is not None and top_p is not None and max(top_g, top_p) <= 256
+        if _dense.cv2 is not None and g.ndim == 2 and bytes_fit:
             # byte copies (void folded in as max(id, 255 * void): IGNORE_LABEL is the largest byte), one
             # OpenCV 2-D histogram, and the VC comparisons on bytes; two copy sets alternate (prev / current)
             g8 = self.scratch.get(f"g8_{t % 2}", g.shape, np.uint8)
@@ -154,14 +165,18 @@ class _VideoCounter:
                 void8 = self.scratch.get("void8", g.shape, np.uint8)
                 np.multiply(void, IGNORE_LABEL, out=void8, dtype=np.uint8)
                 np.maximum(g8, void8, out=g8)
-            p8 = self.scratch.get(f"p8_{t % 2}", g.shape, np.uint8)
-            np.copyto(p8, p, casting="unsafe")
             rows = 256 if void is not None else top_g
-            hist = byte_pair_histogram(g8, p8, rows, top_p, self.scratch)
+            if top_p * LANES <= 256:  # predicted ids as histogram lane keys, read once from the input
+                p8 = lane_keys(p, self.scratch, f"p8_{t % 2}")  # equal where p is equal: fine for VC too
+                hist = laned_pair_histogram(g8, p8, rows, top_p)
+            else:
+                p8 = self.scratch.get(f"p8_{t % 2}", g.shape, np.uint8)
+                np.copyto(p8, p, casting="unsafe")
+                hist = byte_pair_histogram(g8, p8, rows, top_p, self.scratch)
             remapped = self.vocab.remap_histogram(hist)
-            if remapped is None or remapped[0][:, self.vocab.void].any():  # an unknown id: reported there
-                remapped = (self._confusion(g if void is None else np.where(void, IGNORE_LABEL, g), p, where),)
-            self.total += remapped[0]
+            if remapped is None or remapped[:, self.vocab.void].any():  # an unknown id: reported there
+                remapped = self._confusion(g if void is None else np.where(void, IGNORE_LABEL, g), p, where)
+            self.total += remapped
             g, p = g8, p8
         else:
             if void is not None and np.any(void & (g != IGNORE_LABEL)):
@@ -189,8 +204,8 @@ class _VideoCounter:
             if start < 0:
                 continue
             within = self.scratch.get("within", self.last_g.shape, bool)
-            n_common = int(np.count_nonzero(np.less_equal(self.last_g, start, out=within)))
+            n_common = _count(np.less_equal(self.last_g, start, out=within))
             if n_common:  # 0/0 is NaN in the official code, and nanmean skips it
-                both = int(np.count_nonzero(np.less_equal(self.last_both, start, out=within)))
+                both = _count(np.less_equal(self.last_both, start, out=within))
                 self.vc_sums[w] += both / n_common
                 self.vc_counts[w] += 1
