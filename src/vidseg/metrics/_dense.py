@@ -134,7 +134,7 @@ class Scratch:
 
     def lane_pattern(self, shape: tuple[int, ...], lanes: int, dtype: type = np.uint8) -> np.ndarray:
         """Map holding column index % lanes (read-only, built once per shape and dtype)."""
-        key = f"lanes{lanes}_{np.dtype(dtype).name}"
+        key = f"lanes{lanes}_{dtype.__name__}"
         arr = self._arrays.get(key)
         if arr is None or arr.shape != shape:
             arr = np.empty(shape, dtype)

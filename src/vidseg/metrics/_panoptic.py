@@ -52,26 +52,38 @@ def fast_index(vocab: Vocabulary, semantic: np.ndarray, where: str, scratch: Scr
 
 def paint_slots(
     masks: dict[int, np.ndarray], slots: TrackSlots, shape: tuple[int, ...], where: str, scratch: Scratch
-) -> np.ndarray:
-    """uint16/int32 map of GT track slots (0 where no track; crowd tracks stay 0), each mask pasted inside its
-    bounding box, later masks winning as `inst[mask] = slot` does."""
+) -> tuple[np.ndarray, int]:
+    """(uint8/uint16/int32 map of GT track slots (0 where no track; crowd tracks stay 0), largest slot painted):
+    each mask pasted inside its bounding box (cv2.boundingRect / cv2.copyTo where possible), later masks
+    winning as `inst[mask] = slot` does."""
     items = []
     for tid, mask in masks.items():
         if mask.shape != shape:
             raise AnnotationFormatError(f"{where}: GT track {tid} mask shape {mask.shape} != {shape}")
         if tid not in slots.crowd:
             items.append((slots.get(tid), mask))
-    out = scratch.get("slots", shape, np.uint16 if len(slots.slot) < 2**16 else np.int32)
+    count = len(slots.slot)
+    dtype = np.uint8 if count < 2**8 else np.uint16 if count < 2**16 else np.int32
+    out = scratch.get("slots", shape, dtype)
     out.fill(0)
+    top = 0
     for slot, mask in items:
-        rows = np.flatnonzero(mask.any(axis=1))
-        if len(rows) == 0:
-            continue
-        band = mask[rows[0] : rows[-1] + 1]
-        cols = np.flatnonzero(band.any(axis=0))
-        view = out[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        view[band[:, cols[0] : cols[-1] + 1]] = slot
-    return out
+        if cv2 is not None and mask.ndim == 2 and mask.dtype in (np.bool_, np.uint8) and mask.flags.c_contiguous:
+            x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+            if w == 0:
+                continue
+            crop = mask[y : y + h, x : x + w].view(np.uint8)
+            cv2.copyTo(np.full((h, w), slot, dtype), crop, out[y : y + h, x : x + w])
+        else:
+            rows = np.flatnonzero(mask.any(axis=1))
+            if len(rows) == 0:
+                continue
+            band = mask[rows[0] : rows[-1] + 1]
+            cols = np.flatnonzero(band.any(axis=0))
+            view = out[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            view[band[:, cols[0] : cols[-1] + 1].astype(bool)] = slot
+        top = max(top, slot)
+    return out, top
 
 
 def _compact_instances(
@@ -138,7 +150,7 @@ def segment_pairs(
         outside = np.not_equal(g_cls, vocab.void, out=scratch.get("void", shape, bool))
         if np.logical_and(outside, labels.void, out=outside).any():
             g_cls = np.where(labels.void, vocab.void, g_cls).astype(g_cls.dtype)
-    g_slot = paint_slots(labels.masks, slots, shape, where, scratch)
+    g_slot, top_slot = paint_slots(labels.masks, slots, shape, where, scratch)
     p_cls = fast_index(vocab, sem, f"{where} (prediction)", scratch, "p_cls")
     inst = np.asarray(inst)
     if inst.shape != p_cls.shape:
@@ -149,7 +161,7 @@ def segment_pairs(
     if top is None:
         raise AnnotationFormatError(f"{where}: negative predicted instance id {int(inst.min())}")
     c1 = vocab.num_classes + 1
-    num_g = (int(g_slot.max(initial=0)) + 1) * c1
+    num_g = (top_slot + 1) * c1
     # compact instance numbers (their ids are arbitrary, e.g. 1000 * i + c): which ids occur, then one lookup
     # giving compact number * (C + 1), to which the class index is added
     if top * LANES <= 1 << 16 and cv2 is not None and inst.ndim == 2:
