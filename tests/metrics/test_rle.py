@@ -70,14 +70,16 @@ def test_malformed_strings_are_left_to_the_python_api():
     assert len(first) == len(num) == 0
 
 
-@pytest.mark.parametrize("use_c", [True, False])
-def test_grouped_ious_and_areas(monkeypatch, use_c):
+@pytest.mark.parametrize(("use_c", "one_call_cells"), [(True, 0), (True, 1 << 16), (False, 0)])
+def test_grouped_ious_and_areas(monkeypatch, use_c, one_call_cells):
     if not use_c:
         monkeypatch.setattr(rle_c, "decode_counts", lambda *_a, **_k: None)
     rng = np.random.default_rng(5)
     d, g = odd_masks(rng, 40), odd_masks(rng, 25)
     d_group, g_group = rng.integers(0, 6, 40), rng.integers(0, 8, 25)
-    pd, pg, iou, d_area, g_area = grouped_rle_ious_and_areas(d, d_group, g, g_group, max_cells=16)
+    pd, pg, iou, d_area, g_area = grouped_rle_ious_and_areas(
+        d, d_group, g, g_group, max_cells=16, one_call_cells=one_call_cells
+    )
     np.testing.assert_array_equal(d_area, np.asarray(mask_utils.area(d), np.int64))
     np.testing.assert_array_equal(g_area, np.asarray(mask_utils.area(g), np.int64))
     got = {(int(a), int(b)): float(v) for a, b, v in zip(pd, pg, iou)}
@@ -86,8 +88,10 @@ def test_grouped_ious_and_areas(monkeypatch, use_c):
         di, gi = np.flatnonzero(d_group == k), np.flatnonzero(g_group == k)
         if len(di) and len(gi):
             ref = np.asarray(mask_utils.iou([d[i] for i in di], [g[j] for j in gi], [0] * len(gi))).reshape(len(di), -1)
-            expected.update({(int(a), int(b)): float(ref[x, y]) for x, a in enumerate(di) for y, b in enumerate(gi)})
+            expected.update({(int(a), int(b)): float(ref[x, y]) for x, a in enumerate(di) for y, b in enumerate(gi)
+                             if ref[x, y] > 0})  # fmt: skip
     assert got == expected
+    assert len(got) > 10
 
 
 def test_ytvis_equal_without_c_routines(monkeypatch):

@@ -103,14 +103,20 @@ def decode_counts(
     lib = lib or _lib()
     if lib is None:
         return None
-    raw = []
-    for s in strings:
-        if isinstance(s, str):
-            s = s.encode()
-        elif not isinstance(s, bytes):
-            return None
-        raw.append(s)
-    joined = b"".join(raw)
+    try:  # the usual case: all str (JSON) or all bytes (mask_utils.encode), ASCII
+        joined = "".join(strings).encode() if strings and isinstance(strings[0], str) else b"".join(strings)
+        raw = strings if len(joined) == sum(map(len, strings)) else None
+    except TypeError:
+        raw = None
+    if raw is None:  # mixed or non-ASCII: one string at a time
+        raw = []
+        for s in strings:
+            if isinstance(s, str):
+                s = s.encode()
+            elif not isinstance(s, bytes):
+                return None
+            raw.append(s)
+        joined = b"".join(raw)
     if b"\0" in joined:
         return None
     ends = ((np.frombuffer(joined, np.uint8) - np.uint8(48)) & np.uint8(_TOKEN_END)) == 0
