@@ -58,34 +58,65 @@ def match_group(
     later GT, as COCO's `<` comparison does, in COCO's order: non-ignored GT first, each kind in input
     order), regular GT before ignored GT; crowd GT stays available. Returns (matched, ignored), bool
     [A, T, D].
+
+    Only detections and GTs with an IoU >= the lowest threshold take part. The result depends on the
+    threshold only through which IoUs reach it, and on the area range only through the ignore flags, so the
+    greedy runs once per distinct (ignore flags, reached pattern) and is copied to the others.
     """
     num_a, num_t, (num_d, num_g) = len(gt_ignore), len(iou_thresholds), ious.shape
-    problems = num_a * num_t
-    matched = np.zeros((problems, num_d), dtype=bool)
-    ignored = np.zeros((problems, num_d), dtype=bool)
-    if num_g > 0 and num_d > 0:
-        thr = np.tile(np.minimum(iou_thresholds, 1 - 1e-10), num_a)[:, None]  # [P, 1]
-        ignore = np.repeat(np.asarray(gt_ignore, bool), num_t, axis=0)  # [P, G]
-        taken = np.zeros((problems, num_g), dtype=bool)
-        rows = np.arange(problems)
-        reversed_cols = num_g - 1 - np.arange(num_g)
-        for d in range(num_d):
-            row = ious[d]
-            if not (row >= thr[0, 0]).any():
-                continue  # no GT reaches the lowest threshold: unmatched everywhere
-            ok = (~taken | gt_crowd[None, :]) & (row[None, :] >= thr)
-            regular = ok & ~ignore
-            cand = np.where(regular.any(axis=1, keepdims=True), regular, ok & ignore)
-            vals = np.where(cand, row[None, :], -np.inf)[:, ::-1]
-            choice = reversed_cols[np.argmax(vals, axis=1)]  # the last GT with the highest value
-            found = cand.any(axis=1)
-            matched[:, d] = found
-            ignored[:, d] = found & ignore[rows, choice]
-            taken[rows[found], choice[found]] = True
-    matched = matched.reshape(num_a, num_t, num_d)
-    ignored = ignored.reshape(num_a, num_t, num_d)
+    matched = np.zeros((num_a, num_t, num_d), dtype=bool)
+    ignored = np.zeros((num_a, num_t, num_d), dtype=bool)
+    thr = np.minimum(np.asarray(iou_thresholds, np.float64), 1 - 1e-10)
+    reach = ious >= thr.min() if num_d and num_g else np.zeros((num_d, num_g), bool)
+    rows, cols = np.flatnonzero(reach.any(axis=1)), np.flatnonzero(reach.any(axis=0))
+    if len(rows):
+        sub = ious[np.ix_(rows, cols)]
+        # thresholds ascend, so the reached sets are nested: equal sizes mean equal sets
+        reached = np.count_nonzero(sub.ravel()[None, :] >= thr[:, None], axis=1).tolist()
+        ignores = [tuple(r) for r in np.asarray(gt_ignore, bool)[:, cols].tolist()]
+        crowd = np.asarray(gt_crowd, bool)[cols].tolist()
+        values = sub.tolist()
+        memo: dict[tuple, tuple[list[bool], list[bool]]] = {}
+        found_all, ignored_all = [], []
+        for ign in ignores:
+            order = sorted(range(len(cols)), key=ign.__getitem__)  # stable: non-ignored first
+            found_a, ignored_a = [], []
+            for t in range(num_t):
+                key = (ign, reached[t])
+                if key not in memo:
+                    memo[key] = _greedy(values, order, ign, crowd, float(thr[t]))
+                found_a.append(memo[key][0])
+                ignored_a.append(memo[key][1])
+            found_all.append(found_a)
+            ignored_all.append(ignored_a)
+        matched[:, :, rows] = np.array(found_all, dtype=bool)
+        ignored[:, :, rows] = np.array(ignored_all, dtype=bool)
     ignored |= ~matched & np.asarray(dt_out_of_range, bool)[:, None, :]
     return matched, ignored
+
+
+def _greedy(
+    ious: list[list[float]], order: list[int], ignore: list[bool], crowd: list[bool], threshold: float
+) -> tuple[list[bool], list[bool]]:
+    """COCOeval.evaluateImg's matching loop for one threshold and area range: (matched, matched an ignored
+    GT) per detection."""
+    taken = [False] * len(order)
+    found, was_ignored = [], []
+    for row in ious:
+        best, m = threshold, -1
+        for g in order:
+            if taken[g] and not crowd[g]:
+                continue
+            if m > -1 and not ignore[m] and ignore[g]:
+                break
+            if row[g] < best:
+                continue
+            best, m = row[g], g
+        found.append(m > -1)
+        was_ignored.append(m > -1 and ignore[m])
+        if m > -1:
+            taken[m] = True
+    return found, was_ignored
 
 
 class YTVISMeanAP(Metric):
