@@ -76,15 +76,18 @@ def test_segment_pairs_instance_compaction(monkeypatch, ids, use_cv2):
     rng = np.random.default_rng(len(ids))
     h, w = 30, 41
     g_sem = rng.choice([0, 1, 2, 3, IGNORE_LABEL], size=(h, w)).astype(np.int32)
-    masks = {5: np.zeros((h, w), bool)}
+    masks = {5: np.zeros((h, w), bool), 9: np.zeros((h, w), bool)}  # overlapping: the later one wins
     masks[5][2:10, 3:12] = True
+    masks[9][6:20, 8:30] = True
     p_sem = blocky(rng, 4, (h, w)).astype(np.int32)
     p_inst = np.asarray(ids, np.int32)[blocky(rng, len(ids), (h, w))]
     vocab = Vocabulary(cats)
     slots = TrackSlots(make_gt_video("v", [g_sem], [np.zeros((h, w), np.int32)]))
     labels = FrameLabels(masks=masks, semantic=g_sem, void=None)
     got = segment_pairs(labels, p_sem, p_inst, vocab, slots, "w", Scratch())
-    g_slot = np.where(masks[5], slots.get(5), 0)
+    g_slot = np.zeros((h, w), np.int64)
+    for tid, mask in masks.items():
+        g_slot[mask] = slots.get(tid)
     keys = np.stack([g_slot, vocab.index(g_sem, "w").astype(np.int64), p_inst.astype(np.int64),
                      vocab.index(p_sem, "w").astype(np.int64)]).reshape(4, -1)  # fmt: skip
     uniq, counts = np.unique(keys, axis=1, return_counts=True)

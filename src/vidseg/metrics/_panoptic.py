@@ -53,9 +53,9 @@ def fast_index(vocab: Vocabulary, semantic: np.ndarray, where: str, scratch: Scr
 def paint_slots(
     masks: dict[int, np.ndarray], slots: TrackSlots, shape: tuple[int, ...], where: str, scratch: Scratch
 ) -> tuple[np.ndarray, int]:
-    """(uint8/uint16/int32 map of GT track slots (0 where no track; crowd tracks stay 0), largest slot painted):
-    each mask pasted inside its bounding box (cv2.boundingRect / cv2.copyTo where possible), later masks
-    winning as `inst[mask] = slot` does."""
+    """(uint8/uint16/int32 map of GT track slots (0 where no track; crowd tracks stay 0), an upper bound of the
+    slots painted): each mask pasted with cv2.copyTo (else inside its bounding box), later masks winning as
+    `inst[mask] = slot` does."""
     items = []
     for tid, mask in masks.items():
         if mask.shape != shape:
@@ -69,11 +69,9 @@ def paint_slots(
     top = 0
     for slot, mask in items:
         if cv2 is not None and mask.ndim == 2 and mask.dtype in (np.bool_, np.uint8) and mask.flags.c_contiguous:
-            x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
-            if w == 0:
-                continue
-            crop = mask[y : y + h, x : x + w].view(np.uint8)
-            cv2.copyTo(np.full((h, w), slot, dtype), crop, out[y : y + h, x : x + w])
+            constant = scratch.get("slot_constant", shape, dtype)
+            constant.fill(slot)
+            cv2.copyTo(constant, mask.view(np.uint8), out)  # one pass over the mask, in place
         else:
             rows = np.flatnonzero(mask.any(axis=1))
             if len(rows) == 0:
