@@ -10,8 +10,10 @@ video consistency VC_n.
   VC_n = mean over all non-NaN windows of all videos. mVC_n in the output is that mean.
 
 Speed and memory: per frame one histogram over raw (GT id, predicted id) pairs (mapped through the
-vocabulary on the histogram, not on the pixels). VC streams the frames: per pixel the last frame where the
-GT / either map changed, so a window is two counts; a video is never held in memory.
+vocabulary on the histogram, not on the pixels), the predicted ids read once from the input straight into
+"lane keys" (id * 4 + column % 4: equal neighbours then land in different sub-bins, see
+`_dense.byte_pair_histogram`). VC streams the frames: per pixel the last frame where the GT / either map
+changed, so a window is two counts; a video is never held in memory.
 """
 
 from __future__ import annotations
