@@ -127,6 +127,8 @@ class Scratch:
 
     def get(self, name: str, shape: tuple[int, ...], dtype: type | np.dtype, order: str = "C") -> np.ndarray:
         arr = self._arrays.get(name)
+        if arr is not None and arr.shape == shape and arr.dtype == dtype and order == "C" and arr.flags.c_contiguous:
+            return arr
         if arr is None or arr.shape != shape or arr.dtype != np.dtype(dtype) or not arr.flags[f"{order}_CONTIGUOUS"]:
             arr = np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
             self._arrays[name] = arr

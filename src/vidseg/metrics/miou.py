@@ -118,6 +118,11 @@ def _count(mask: np.ndarray) -> int:
     return int(np.count_nonzero(mask))
 
 
+def _all_bytes(*maps: np.ndarray | None) -> bool:
+    """Whether every map is a 2-D uint8 array (OpenCV's byte operations apply)."""
+    return all(m is not None and m.dtype == np.uint8 and m.ndim == 2 for m in maps)
+
+
 class _VideoCounter:
     """Confusion and VC_n of one video, streamed frame by frame.
 
@@ -137,6 +142,7 @@ class _VideoCounter:
         self.t = -1
         self.prev_g: np.ndarray | None = None
         self.prev_p: np.ndarray | None = None
+        self.prev_keyed = False  # prev_p holds lane keys (id * LANES + column % LANES), not ids
         self.dtype = np.int8 if num_frames < 2**7 else np.int16 if num_frames < 2**15 else np.int32
         self.last_g = self.last_both = np.zeros(0, self.dtype)
 
@@ -168,7 +174,8 @@ class _VideoCounter:
                 np.multiply(void, IGNORE_LABEL, out=void8, dtype=np.uint8)
                 np.maximum(g8, void8, out=g8)
             rows = 256 if void is not None else top_g
-            if top_p * LANES <= 256:  # predicted ids as histogram lane keys, read once from the input
+            keyed = top_p * LANES <= 256
+            if keyed:  # predicted ids as histogram lane keys, read once from the input
                 p8 = lane_keys(p, self.scratch, f"p8_{t % 2}")  # equal where p is equal: fine for VC too
                 hist = laned_pair_histogram(g8, p8, rows, top_p)
             else:
@@ -181,24 +188,42 @@ class _VideoCounter:
             self.total += remapped
             g, p = g8, p8
         else:
+            keyed = False
             if void is not None and np.any(void & (g != IGNORE_LABEL)):
                 g = np.where(void, IGNORE_LABEL, g)
             self.total += self._confusion(g, p, where)
         if not self.vc_active:
             return
-        if self.prev_g is None or self.prev_p is None or self.prev_g.shape != g.shape:
+        p_now, p_before = p, self.prev_p
+        if p_before is not None and keyed != self.prev_keyed:  # lane keys vs plain ids: compare plain ids
+            if keyed:
+                p_now = np.floor_divide(p, LANES)
+            else:
+                p_before = np.floor_divide(p_before, LANES)
+        if self.prev_g is None or p_before is None or self.prev_g.shape != g.shape:
             self.last_g = np.zeros(g.shape, self.dtype)
             self.last_both = np.zeros(g.shape, self.dtype)
+        elif _dense.cv2 is not None and self.dtype == np.int8 and _all_bytes(g, self.prev_g, p_now, p_before):
+            # byte maps: OpenCV masks (0/255); min(mask, t) is the stamp, kept with max (t < 128)
+            cv2 = _dense.cv2
+            shape = g.shape
+            changed_g = cv2.compare(g, self.prev_g, cv2.CMP_NE, dst=self.scratch.get("changed_g", shape, np.uint8))
+            changed = cv2.compare(p_now, p_before, cv2.CMP_NE, dst=self.scratch.get("changed", shape, np.uint8))
+            cv2.bitwise_or(changed, changed_g, dst=changed)
+            stamp = self.scratch.get("stamp", shape, np.uint8)
+            last_g, last_both = self.last_g.view(np.uint8), self.last_both.view(np.uint8)
+            cv2.max(last_g, cv2.min(changed_g, t, dst=stamp), dst=last_g)
+            cv2.max(last_both, cv2.min(changed, t, dst=stamp), dst=last_both)
         else:
             changed_g = np.not_equal(g, self.prev_g, out=self.scratch.get("changed_g", g.shape, bool))
-            changed = np.not_equal(p, self.prev_p, out=self.scratch.get("changed", g.shape, bool))
+            changed = np.not_equal(p_now, p_before, out=self.scratch.get("changed", g.shape, bool))
             changed |= changed_g
             stamp = self.scratch.get("stamp", g.shape, self.dtype)
             np.multiply(changed_g, t, out=stamp, dtype=self.dtype)
             np.maximum(self.last_g, stamp, out=self.last_g)
             np.multiply(changed, t, out=stamp, dtype=self.dtype)
             np.maximum(self.last_both, stamp, out=self.last_both)
-        self.prev_g, self.prev_p = g, p
+        self.prev_g, self.prev_p, self.prev_keyed = g, p, keyed
         if t > self.num_frames - 2:
             return  # the official loop has no window ending at the last annotated frame
         for w, n in enumerate(self.windows):
