@@ -19,7 +19,6 @@ from vidseg.data.records import (
     VideoPrediction,
     VideoRecord,
 )
-from vidseg.metrics import _rle
 
 
 def video_sort_key(video_id: str) -> int:
@@ -154,48 +153,13 @@ def _group_chunks(
 
 
 def grouped_rle_ious_and_areas(
-    d_rles: Sequence[RLE],
-    d_group: np.ndarray,
-    g_rles: Sequence[RLE],
-    g_group: np.ndarray,
-    max_cells: int = 512,
-    one_call_cells: int = 1 << 16,
+    d_rles: Sequence[RLE], d_group: np.ndarray, g_rles: Sequence[RLE], g_group: np.ndarray, max_cells: int = 512
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Like `grouped_rle_ious`, but only the same-group pairs with a positive IoU, plus the int64 pixel
-    areas of every d and g RLE: (d index, g index, IoU), d areas, g areas. All RLEs must have one size
-    (checked by the callers).
-
-    With pycocotools' C routines loadable (`_rle.available()`), every string is decoded once, in one call,
-    and areas and IoUs run on the decoded counts, in one `rleIou` call up to `one_call_cells` (d, g) cells,
-    else in chunks of about `max_cells`; without them the Python API (`rle_areas`, `grouped_rle_ious`)."""
-    d_group, g_group = np.asarray(d_group, np.int64), np.asarray(g_group, np.int64)
-    decoded = _rle.decode_counts([r["counts"] for r in d_rles] + [r["counts"] for r in g_rles])
-    if decoded is None:
-        pd, pg, iou = grouped_rle_ious(d_rles, d_group, g_rles, g_group, max_cells)
-        positive = iou > 0
-        return pd[positive], pg[positive], iou[positive], rle_areas(d_rles), rle_areas(g_rles)
-    num_d, num_g = len(d_rles), len(g_rles)
-    sizes = [r["size"] for r in d_rles[:1]] + [r["size"] for r in g_rles[:1]]
-    height, width = (int(sizes[0][0]), int(sizes[0][1])) if sizes else (0, 0)
-    group = np.concatenate([d_group, g_group])
-    structs = _rle.make_structs(*decoded, np.full(num_d + num_g, height), width + 1 + group)
-    areas = _rle.areas(structs)
-    out_d, out_g, out_iou = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
-    if num_d and num_g and num_d * num_g <= one_call_cells:
-        # one call: pairs of different groups differ in declared size (-1) or in boxes (0)
-        iou = _rle.ious(structs[:num_d], structs[num_d:])
-        rows, cols = np.nonzero(iou > 0)
-        out_d.append(rows)
-        out_g.append(cols)
-        out_iou.append(iou[rows, cols])
-    elif num_d and num_g:
-        for d_sel, g_sel, d_grp, g_grp in _group_chunks(d_group, g_group, max_cells):
-            iou = _rle.ious(structs[d_sel], structs[num_d + g_sel])
-            rows, cols = np.nonzero((iou > 0) & (d_grp[:, None] == g_grp[None, :]))
-            out_d.append(d_sel[rows])
-            out_g.append(g_sel[cols])
-            out_iou.append(iou[rows, cols])
-    return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_iou), areas[:num_d], areas[num_d:]
+    """`grouped_rle_ious` restricted to the pairs with a positive IoU (the others add no intersection), plus
+    the int64 pixel areas of every d and g RLE: (d index, g index, IoU), d areas, g areas."""
+    pd, pg, iou = grouped_rle_ious(d_rles, d_group, g_rles, g_group, max_cells)
+    positive = iou > 0
+    return pd[positive], pg[positive], iou[positive], rle_areas(d_rles), rle_areas(g_rles)
 
 
 def intersections_from_iou(iou: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:

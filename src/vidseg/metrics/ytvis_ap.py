@@ -6,12 +6,11 @@ only per-detection match/ignore flags, scores and ranks plus per-category GT cou
 accumulate/summarize. Official quirks kept: maxDets counts per video *and* category, area ranges on the mean
 non-zero per-frame area (all / <=128^2 / 128^2..256^2 / >=256^2), crowd GT ignored, -1 for empty means.
 
-Speed: the RLE strings of a video are decoded once, in one call, by pycocotools' own C routines (`_rle`,
-through ctypes; the Python API when they cannot be loaded), which then give every area and, in one `rleIou`
-call, the IoU of every (prediction, GT) pair of the same (frame, category) - the group folded into the
-declared width (`_common.grouped_rle_ious_and_areas`) - instead of per-pair, per-frame merges. Matching runs
-COCO's greedy once per distinct (ignore flags, reached IoU set) and `compute` is vectorised over thresholds.
-What is left is mostly pycocotools' C (string decoding, bounding boxes, run merging: about half the time).
+Speed: all RLEs of a video go through one `area` call and a few `iou` calls, grouped by (frame, category)
+(`_common.grouped_rle_ious_and_areas`: the group folded into the declared width), instead of per-pair,
+per-frame merges. Matching runs COCO's greedy once per distinct (ignore flags, reached IoU set), and `compute`
+is vectorised over thresholds. About half of the time left is pycocotools' C (decoding the RLE strings,
+bounding boxes, merging runs).
 """
 
 from __future__ import annotations
