@@ -39,9 +39,15 @@ FLOORS = {
     "vos": {"J&F-Mean": 0.20},
     "vis": {"AP50": 0.01},
     "vss": {"mIoU": 0.30},
-    "vps": {"VPQ": 20.0, "SQ_IoU": 0.25},
+    "vps": {"VPQ": 20.0, "SQ_IoU": 0.25, "STQ": 0.20},
     "pet": {"J&F-Mean": 0.20},
 }
+# Known gap (README "Learning"): on VOS/PET an untrained model already scores J&F ≈ 0.30 on the synthetic val
+# split (frames where an object is absent score 1 when nothing is predicted), so the J&F floors alone do not show
+# learning there. Every task must therefore also lower its training loss: mean of the last 20 logged values ≤
+# this fraction of the mean of the first 5 (measured with the default recipe: vos 0.61, vis 0.63, vss 0.12,
+# vps 0.34, pet 0.58).
+LOSS_DROP = {"vos": 0.8, "vis": 0.8, "vss": 0.3, "vps": 0.5, "pet": 0.8}
 
 
 def _train(task: str, run_dir: Path, cache: Path) -> dict:
@@ -53,6 +59,15 @@ def _train(task: str, run_dir: Path, cache: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert task in metrics, metrics
     return metrics[task]
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    """The logged `train/loss` values of a run (CSV logger), in step order."""
+    import csv
+
+    (path,) = run_dir.glob("csv/version_*/metrics.csv")
+    with path.open() as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
 def _synthetic_params(data_cfg: str) -> dict:
@@ -123,6 +138,10 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_default_recipe_learns(task: str, tmp_path: Path, cache: Path) -> None:
     scores = _train(task, tmp_path / "run", cache)
     print(f"{task}: {scores} (issue bars: {ISSUE_BARS[task]})")
+    losses = _train_losses(tmp_path / "run")
+    assert len(losses) >= 25, f"{task}: only {len(losses)} logged training losses"
+    drop = (sum(losses[-20:]) / 20) / (sum(losses[:5]) / 5)
+    assert drop <= LOSS_DROP[task], f"{task}: training loss fell only to {drop:.2f} of its start (≤ {LOSS_DROP[task]})"
     for key, floor in FLOORS[task].items():
         assert scores[key] >= floor, f"{task}: {key} = {scores[key]:.4f} < {floor} (all: {scores})"
     if task == "vos":
