@@ -215,6 +215,8 @@ class VOSTask(Task):
             logits = self.object_logits(out, layer, queries.owners, n).flatten(0, 1)
             for k, v in mask_losses(logits, target, float(len(batch.samples) * (1 + n)), self.num_points).items():
                 totals[k] = totals.get(k, 0.0) + self.weights[k] * v
+        if self.weights.get("prototype", 0.0) > 0:
+            totals["prototype"] = self.weights["prototype"] * prototype_loss(feats.mask_features, target, n)
         return totals
 
     # ------------------------------------------------------------------ inference
@@ -253,6 +255,26 @@ class VOSTask(Task):
         from vidseg.data.sampling import VOSClipSampler
 
         return VOSClipSampler(num_frames=num_frames, factor=factor)
+
+
+def prototype_loss(mask_features: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
+    """Auxiliary dense loss on the stride-4 features (ours, not TarViS): every frame's GT regions (background +
+    N objects) are average-pooled into prototypes, and each pixel must pick its own region's prototype (softmax CE
+    over the 1+N prototypes of its frame, similarities / sqrt(d)). It trains object-discriminative features, which
+    the prompt pooling of VOS/PET relies on, without waiting for other tasks' dense losses. Off by default
+    (weights.prototype = 0): with weight 2 it drove the CE to ≈ 0.1 in 800 steps, yet the VOS scores did not move.
+    mask_features [B, T, d, h, w]; target [B*(1+N), T, H, W] in {0, 1} (background first)."""
+    b, t, d, h, w = mask_features.shape
+    regions = F.interpolate(target.float(), size=(h, w), mode="area").view(b, 1 + n, t, h, w)
+    feats = mask_features.float()
+    protos = torch.einsum("bkthw,btdhw->bktd", regions, feats) / regions.sum((-1, -2)).clamp(min=1e-6)[..., None]
+    logits = torch.einsum("bktd,btdhw->bkthw", protos, feats) / d ** 0.5
+    present = regions.sum((-1, -2)) > 0  # [B, 1+N, T]: absent regions are no candidates
+    logits = logits.masked_fill(~present[..., None, None], float("-inf"))
+    labels = regions.argmax(1)  # [B, T, h, w]: the region covering most of the cell
+    covered = regions.amax(1) > 0.5
+    ce = F.cross_entropy(logits, labels, reduction="none")  # [B, T, h, w]
+    return (ce * covered).sum() / covered.sum().clamp(min=1)
 
 
 def _normalised_points(points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
