@@ -1,13 +1,12 @@
-"""The metrics' fast building blocks against straightforward computations: grouped RLE IoUs vs one
-pycocotools call per group, pair histograms (OpenCV and bincount) vs np.bincount, crop boundaries vs DAVIS'
-full-frame _seg2bmap, crop J&F at the frame edges vs vos-benchmark, vocabulary lookups vs Vocabulary.index,
-segment pair tables vs np.unique, and every dense metric with OpenCV switched off."""
+"""The metrics' fast building blocks against straightforward computations: pair histograms (OpenCV and
+bincount) vs np.bincount, crop boundaries vs DAVIS' full-frame _seg2bmap, crop J&F at the frame edges vs
+vos-benchmark, vocabulary lookups vs Vocabulary.index, segment pair tables vs np.unique, and every dense metric
+with OpenCV switched off (grouped RLE IoUs: test_grouped_rle.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 from vos_benchmark.evaluator import Evaluator
 from vos_benchmark.utils import _seg2bmap
 
@@ -15,7 +14,6 @@ import vidseg.metrics._dense as dense
 from _dense_references import make_gt_video, make_prediction, random_panoptic_video
 from vidseg.data.records import IGNORE_LABEL, AnnotationFormatError, Category, FrameLabels
 from vidseg.metrics._boundary import crop_boundary, crop_j_and_f, disk
-from vidseg.metrics._common import grouped_rle_ious
 from vidseg.metrics._dense import Scratch, TrackSlots, Vocabulary, pair_histogram
 from vidseg.metrics._panoptic import fast_index, segment_pairs
 from vidseg.metrics.miou import SemanticMIoU
@@ -23,42 +21,6 @@ from vidseg.metrics.stq import STQ
 from vidseg.metrics.vpq import VPQ
 
 CATS = [Category(0, "a", False), Category(1, "b", False), Category(2, "c", True), Category(3, "d", True)]
-
-
-def enc(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
-def random_masks(rng: np.random.Generator, n: int, h: int = 30, w: int = 40) -> list[dict]:
-    out = []
-    for _ in range(n):
-        m = np.zeros((h, w), bool)
-        y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
-        m[y : y + rng.integers(2, 15), x : x + rng.integers(2, 20)] = True
-        if rng.random() < 0.2:
-            m[:] = False  # an empty mask
-        out.append(enc(m))
-    return out
-
-
-@pytest.mark.parametrize("max_cells", [1, 16, 4096])
-def test_grouped_rle_ious_equal_per_group_calls(max_cells):
-    rng = np.random.default_rng(0)
-    d, g = random_masks(rng, 40), random_masks(rng, 25)
-    d_group, g_group = rng.integers(0, 6, 40), rng.integers(0, 8, 25)  # groups 6, 7: GT only
-    pd, pg, iou = grouped_rle_ious(d, d_group, g, g_group, max_cells=max_cells)
-    got = {(int(a), int(b)): float(v) for a, b, v in zip(pd, pg, iou)}
-    expected = {}
-    for k in range(8):
-        di, gi = np.flatnonzero(d_group == k), np.flatnonzero(g_group == k)
-        if len(di) and len(gi):
-            ref = np.asarray(mask_utils.iou([d[i] for i in di], [g[j] for j in gi], [0] * len(gi))).reshape(len(di), -1)
-            expected.update({(int(a), int(b)): float(ref[x, y]) for x, a in enumerate(di) for y, b in enumerate(gi)})
-    assert got == expected
-    assert np.all(np.diff(d_group[pd]) >= 0)  # grouped, in group order
-    empty = grouped_rle_ious([], np.zeros(0, int), g, g_group)
-    assert all(len(x) == 0 for x in empty)
 
 
 @pytest.mark.parametrize("use_cv2", [True, False])

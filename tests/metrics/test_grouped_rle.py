@@ -1,6 +1,6 @@
-"""Grouped RLE IoUs + areas (`_common.grouped_rle_ious_and_areas`, used by YouTube-VIS AP) against one
-pycocotools call per group, on random blobs, noise and the short cases (empty, full, one pixel), with str and
-bytes counts."""
+"""Grouped RLE IoUs (`_common.grouped_rle_ious`, used by BURST HOTA) and IoUs + areas
+(`grouped_rle_ious_and_areas`, used by YouTube-VIS AP) against one pycocotools call per group, on random blobs,
+noise and the short cases (empty, full, one pixel), with str and bytes counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vidseg.metrics._common import grouped_rle_ious_and_areas
+from vidseg.metrics._common import grouped_rle_ious, grouped_rle_ious_and_areas
 
 
 def enc(mask: np.ndarray, as_str: bool = True) -> dict:
@@ -38,6 +38,42 @@ def odd_masks(rng: np.random.Generator, n: int, h: int = 23, w: int = 31) -> lis
     return out
 
 
+def per_group_ious(d: list[dict], d_group: np.ndarray, g: list[dict], g_group: np.ndarray) -> dict:
+    """{(detection, ground truth): IoU} of every same-group pair, one pycocotools call per group (reference)."""
+    expected = {}
+    for k in np.union1d(d_group, g_group).tolist():
+        di, gi = np.flatnonzero(d_group == k), np.flatnonzero(g_group == k)
+        if len(di) and len(gi):
+            ref = np.asarray(mask_utils.iou([d[i] for i in di], [g[j] for j in gi], [0] * len(gi))).reshape(len(di), -1)
+            expected.update({(int(a), int(b)): float(ref[x, y]) for x, a in enumerate(di) for y, b in enumerate(gi)})
+    return expected
+
+
+def random_masks(rng: np.random.Generator, n: int, h: int = 30, w: int = 40) -> list[dict]:
+    out = []
+    for _ in range(n):
+        m = np.zeros((h, w), bool)
+        y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
+        m[y : y + rng.integers(2, 15), x : x + rng.integers(2, 20)] = True
+        if rng.random() < 0.2:
+            m[:] = False  # an empty mask
+        out.append(enc(m))
+    return out
+
+
+@pytest.mark.parametrize("max_cells", [1, 16, 4096])
+def test_grouped_rle_ious_equal_per_group_calls(max_cells):
+    rng = np.random.default_rng(0)
+    d, g = random_masks(rng, 40), random_masks(rng, 25)
+    d_group, g_group = rng.integers(0, 6, 40), rng.integers(0, 8, 25)  # groups 6, 7: GT only
+    pd, pg, iou = grouped_rle_ious(d, d_group, g, g_group, max_cells=max_cells)
+    got = {(int(a), int(b)): float(v) for a, b, v in zip(pd, pg, iou)}
+    assert got == per_group_ious(d, d_group, g, g_group)
+    assert np.all(np.diff(d_group[pd]) >= 0)  # grouped, in group order
+    empty = grouped_rle_ious([], np.zeros(0, int), g, g_group)
+    assert all(len(x) == 0 for x in empty)
+
+
 @pytest.mark.parametrize("max_cells", [1, 16, 1 << 20])
 def test_grouped_ious_and_areas(max_cells):
     rng = np.random.default_rng(5)
@@ -47,14 +83,7 @@ def test_grouped_ious_and_areas(max_cells):
     np.testing.assert_array_equal(d_area, np.asarray(mask_utils.area(d), np.int64))
     np.testing.assert_array_equal(g_area, np.asarray(mask_utils.area(g), np.int64))
     got = {(int(a), int(b)): float(v) for a, b, v in zip(pd, pg, iou)}
-    expected = {}
-    for k in range(8):
-        di, gi = np.flatnonzero(d_group == k), np.flatnonzero(g_group == k)
-        if len(di) and len(gi):
-            ref = np.asarray(mask_utils.iou([d[i] for i in di], [g[j] for j in gi], [0] * len(gi))).reshape(len(di), -1)
-            expected.update({(int(a), int(b)): float(ref[x, y]) for x, a in enumerate(di) for y, b in enumerate(gi)
-                             if ref[x, y] > 0})  # fmt: skip
-    assert got == expected
+    assert got == {pair: v for pair, v in per_group_ious(d, d_group, g, g_group).items() if v > 0}
     assert len(got) > 10
 
 
