@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vidseg.utils.launch import QUICK, run_train
 
-pytest.importorskip("tensorboard", reason="tensorboard is part of the dev install (vidseg[tensorboard])")
-
 
 def test_tensorboard_logger_writes_scalars_and_images(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     run = tmp_path / "run"
     overrides = [o for o in QUICK if not o.startswith("logger=")]
     run_train([*overrides, "task=vss", "logger=tensorboard", f"hydra.run.dir={run}", "trainer.max_steps=3",
