@@ -41,3 +41,18 @@ def test_multi_trains_continues_from_last_and_validates_every_task(tmp_path: Pat
         "vis/syn_ytvis", "vss/syn_vspw", "vps/syn_vipseg", "vos/syn_davis", "pet/syn_davis_pet"}
     media = {p.name.split("__")[1] for p in (run / "media").glob("*.png")}
     assert media == set(TASK_METRIC)  # one overlay per task's dataset
+
+
+def test_torch_threads_setting_sets_and_validates() -> None:
+    from vidseg.utils.run import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_torch_threads(1)
+        assert torch.get_num_threads() == 1
+        set_torch_threads(None)  # null keeps whatever is set
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="torch_threads"):
+            set_torch_threads(0)
+    finally:
+        torch.set_num_threads(before)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -93,7 +94,17 @@ def accumulation_for(global_batch: int | None, batch_size: int, world_size: int,
     return global_batch // per_micro
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Intra-op CPU threads of this process (`torch_threads` in train.yaml; None keeps torch's default)."""
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise ValueError(f"torch_threads must be a positive number of threads or null, got {threads!r}")
+    torch.set_num_threads(int(threads))
+
+
 def build_run(cfg: DictConfig) -> Run:
+    set_torch_threads(cfg.get("torch_threads"))
     pl.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("deterministic"):
         # cuBLAS needs this before the first GEMM for deterministic results on GPUs
