@@ -105,3 +105,33 @@ def test_hot_swap_one_checkpoint_validates_vis_and_vos(multi_cfg, tmp_path: Path
         values = metric.compute()
         key = "AP" if task == "vis" else "J&F-Mean"
         assert 0.0 <= float(values[key]) <= 1.0
+
+
+def test_vos_pads_clips_with_fewer_objects_and_ignores_the_padding() -> None:
+    """A batch of a 1-object and a 2-object clip keeps both objects of the second clip (no clip's objects are cut
+    to the batch minimum or turned into background); the padded object of the first clip has no loss."""
+    task = VOSTask(background_grid=1, num_points=None)
+    t, h, w = 2, 8, 8
+    two = torch.zeros(2, t, h, w, dtype=torch.bool)
+    two[0, :, :4] = True
+    two[1, :, 4:, :4] = True
+    one = two[:1].clone()
+    vos = torch.full((2, 4, t, h, w), -10.0)  # 2 sub-queries per object, owners [0, 0, 1, 1]
+    vos[0, 0][one[0]] = 10.0
+    vos[1, 0][two[0]] = 10.0
+    vos[1, 2][two[1]] = 10.0
+    bg = torch.stack([torch.where(m.any(0), -10.0, 10.0) for m in (one, two)])[:, None]
+    out = _fake_output({"background_vos": bg, "vos": vos})
+    qs = out.query_set
+    qs.owners, qs.num_objects = [0, 0, 1, 1], 2
+    qs.object_valid = torch.tensor([[True, False], [True, True]])
+    batch = Batch("vos", "d", torch.zeros(2, t, 3, h, w, dtype=torch.uint8), torch.ones(2, h, w, dtype=torch.bool),
+                  [_sample(one), _sample(two)])
+    perfect = task.loss(None, None, qs, out, batch)
+    assert float(perfect["bce"]) < 0.05 and float(perfect["dice"]) < 0.05
+    vos[0, 2:] = 10.0  # the padded object of clip 0 claims the whole clip: ignored
+    assert torch.allclose(task.loss(None, None, qs, _fake_output({"background_vos": bg, "vos": vos}), batch)["bce"],
+                          perfect["bce"])
+    vos[1, 2:] = -10.0  # clip 1's second object missed: it is a real target
+    missed = task.loss(None, None, qs, _fake_output({"background_vos": bg, "vos": vos}), batch)
+    assert float(missed["dice"]) > 0.5

@@ -177,20 +177,30 @@ class VOSTask(Task):
         return qs
 
     def init_queries(self, model: Any, feats: Any, batch: Batch) -> QuerySet:
-        n = min(int(s.masks.shape[0]) for s in batch.samples)
-        if n == 0:
+        """Queries for every prompted object of every clip. Clips with fewer objects than the batch's largest
+        count are padded with empty objects (their queries take part in the forward pass; `loss` ignores their
+        masks through `queries.object_valid` [B, N]), so no clip's objects are dropped or turned into background."""
+        counts = [int(s.masks.shape[0]) for s in batch.samples]
+        if min(counts) == 0:
             raise ValueError(f"vos: clip without objects in its reference frame: {[s.video_id for s in batch.samples]}")
+        n = max(counts)
         h4, w4 = feats.mask_features.shape[-2:]
         ref_masks, ref_frames, points = [], [], []
-        for s in batch.samples:
-            frames = (s.prompt_frames[:n] if s.prompt_frames is not None
-                      else torch.zeros(n, dtype=torch.long)).clamp(min=0).to(s.masks.device)
-            masks = s.masks[torch.arange(n, device=s.masks.device), frames]  # [N, H, W] on reference frames
-            ref_masks.append(F.interpolate(masks[:, None].float(), size=(h4, w4), mode="area")[:, 0] > 0.5)
-            ref_frames.append(frames)
-            points.append(None if s.points is None else _normalised_points(s.points[:n], s.masks.shape[-2:]))
+        for s, count in zip(batch.samples, counts):
+            frames = (s.prompt_frames[:count] if s.prompt_frames is not None
+                      else torch.zeros(count, dtype=torch.long)).clamp(min=0).to(s.masks.device)
+            masks = s.masks[torch.arange(count, device=s.masks.device), frames]  # [N_s, H, W] on reference frames
+            small = F.interpolate(masks[:, None].float(), size=(h4, w4), mode="area")[:, 0] > 0.5
+            ref_masks.append(F.pad(small.float(), (0, 0, 0, 0, 0, n - count)) > 0.5)
+            ref_frames.append(F.pad(frames, (0, n - count)))
+            pts = None if s.points is None else _normalised_points(s.points[:count], s.masks.shape[-2:])
+            if pts is not None and count < n:  # padded objects: the frame centre (ignored by the loss)
+                pts = torch.cat([pts, pts.new_full((n - count, 2), 0.5)])
+            points.append(pts)
         is_point = self.point_objects(self.current_step, n)
-        return self.build_queries(feats, ref_masks, ref_frames, points, is_point, self.q_train, self.pix_train)
+        qs = self.build_queries(feats, ref_masks, ref_frames, points, is_point, self.q_train, self.pix_train)
+        qs.object_valid = torch.arange(n)[None] < torch.as_tensor(counts)[:, None]  # [B, N]
+        return qs
 
     # ------------------------------------------------------------------ loss
     def object_logits(self, out: Any, layer: int, owners: list[int], n: int) -> torch.Tensor:
@@ -208,12 +218,20 @@ class VOSTask(Task):
         for s in batch.samples:
             objs = s.masks[:n]
             bg = ~objs.any(0, keepdim=True)
-            targets.append(torch.cat([bg, objs]))
-        target = torch.cat(targets).float()  # [B*(1+N), T, H, W]
+            targets.append(F.pad(torch.cat([bg, objs]).float(), (0, 0, 0, 0, 0, 0, 0, n - objs.shape[0])))
+        target = torch.cat(targets).float()  # [B*(1+N), T, H, W], padded objects empty
+        valid = getattr(queries, "object_valid", None)
+        keep = None  # rows of real targets: background + each clip's own objects
+        if valid is not None:
+            keep = torch.cat([torch.ones(len(batch.samples), 1, dtype=torch.bool), valid.cpu()], 1).flatten()
+            keep = keep.to(target.device)
+        rows = target if keep is None else target[keep]
         totals: dict[str, torch.Tensor] = {}
         for layer in layers:
             logits = self.object_logits(out, layer, queries.owners, n).flatten(0, 1)
-            for k, v in mask_losses(logits, target, float(len(batch.samples) * (1 + n)), self.num_points).items():
+            if keep is not None:
+                logits = logits[keep]
+            for k, v in mask_losses(logits, rows, float(rows.shape[0]), self.num_points).items():
                 totals[k] = totals.get(k, 0.0) + self.weights[k] * v
         if self.weights.get("prototype", 0.0) > 0:
             totals["prototype"] = self.weights["prototype"] * prototype_loss(feats.mask_features, target, n)
