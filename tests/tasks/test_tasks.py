@@ -135,3 +135,42 @@ def test_vos_pads_clips_with_fewer_objects_and_ignores_the_padding() -> None:
     vos[1, 2:] = -10.0  # clip 1's second object missed: it is a real target
     missed = task.loss(None, None, qs, _fake_output({"background_vos": bg, "vos": vos}), batch)
     assert float(missed["dice"]) > 0.5
+
+
+@pytest.mark.parametrize("point_prob", [0.0, 1.0])
+def test_vos_init_queries_pad_clips_to_the_largest_object_count(point_prob: float) -> None:
+    """Real tiny model: a 1-object and a 3-object clip give 3 objects' queries for both clips, the padding is marked
+    in `object_valid`, and the loss over the decoder output is finite with gradients into the model."""
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["task=vos"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    task = VOSTask(queries_per_object=2, background_grid=2, encoder_layers=1, encoder_ffn=32, encoder_heads=4,
+                   pixels_per_query=16, point_prob=point_prob, num_points=None)
+    task.setup(model, {})
+    t, size = 2, 64
+    samples = []
+    for n in (1, 3):
+        masks = torch.zeros(n, t, size, size, dtype=torch.bool)
+        for k in range(n):
+            masks[k, :, 8 + 16 * k : 20 + 16 * k, 10:30] = True
+        points = torch.tensor([[20.0, 14.0 + 16 * k] for k in range(n)])
+        samples.append(ClipSample(frames=torch.randint(0, 255, (t, 3, size, size), dtype=torch.uint8), masks=masks,
+                                  track_ids=torch.arange(1, n + 1), class_ids=torch.full((n,), -1),
+                                  pad_mask=torch.ones(size, size, dtype=torch.bool), points=points,
+                                  prompt_frames=torch.zeros(n, dtype=torch.long), dataset="d"))
+    batch = Batch("vos", "d", torch.stack([s.frames for s in samples]), torch.ones(2, size, size, dtype=torch.bool),
+                  samples)
+    feats = model.encode(batch.frames)
+    qs = task.init_queries(model, feats, batch)
+    assert qs.num_objects == 3
+    assert qs.object_valid.tolist() == [[True, False, False], [True, True, True]]
+    out = model.decode(feats, qs)
+    assert task.object_logits(out, -1, qs.owners, 3).shape == (2, 4, t, size // 4, size // 4)
+    losses = task.loss(model, feats, qs, out, batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.neck.mask_features.weight.grad.abs().sum() > 0
