@@ -28,7 +28,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 # The issue's bars (#5). Not all are reached yet by the default tiny CPU recipe; README "Learning" has the
 # measured scores. The asserted FLOORS are what the recipe reaches reproducibly today (training is seeded per
 # micro-batch; the 5-minute cap can end a run on a loaded machine before its 1500 steps), set below the measured
-# values (vos 0.51, pet 0.54, vss 0.46, vps 41.3 / SQ_IoU 0.43 / STQ 0.39, vis AP50 0.03-0.10) so that a regression
+# values (vos 0.61, pet 0.54, vss 0.46, vps 41.3 / SQ_IoU 0.43 / STQ 0.39, vis AP50 0.03-0.10) so that a regression
 # in data, model, loss or metric fails CI.
 ISSUE_BARS = {
     "vos": {"J&F-Mean": 0.70},
@@ -38,17 +38,17 @@ ISSUE_BARS = {
     "pet": {"J&F-Mean": 0.55},
 }
 FLOORS = {
-    "vos": {"J&F-Mean": 0.40},
+    "vos": {"J&F-Mean": 0.50},
     "vis": {"AP50": 0.01},
     "vss": {"mIoU": 0.40},
     "vps": {"VPQ": 30.0, "SQ_IoU": 0.35, "STQ": 0.28},
     "pet": {"J&F-Mean": 0.40},
 }
 # On VOS/PET an untrained model already scores J&F ≈ 0.30 on the synthetic val split (frames where an object is
-# absent score 1 when nothing is predicted); the 0.40 floors are above it. Every task must also lower its training
+# absent score 1 when nothing is predicted); the floors are above it. Every task must also lower its training
 # loss: mean of the last 20 logged values ≤ this fraction of the mean of the first 5 (measured with the default
-# recipe: vos 0.43, vis 0.57, vss 0.08, vps 0.30, pet 0.42).
-LOSS_DROP = {"vos": 0.7, "vis": 0.8, "vss": 0.2, "vps": 0.5, "pet": 0.7}
+# recipe: vos 0.34, vis 0.57, vss 0.08, vps 0.30, pet 0.42).
+LOSS_DROP = {"vos": 0.6, "vis": 0.8, "vss": 0.2, "vps": 0.5, "pet": 0.7}
 
 
 def _train(task: str, run_dir: Path, cache: Path) -> dict:
