@@ -52,7 +52,8 @@ def test_torch_threads_setting_sets_and_validates() -> None:
         assert torch.get_num_threads() == 1
         set_torch_threads(None)  # null keeps whatever is set
         assert torch.get_num_threads() == 1
-        with pytest.raises(ValueError, match="torch_threads"):
-            set_torch_threads(0)
+        for bad in (0, "two", 1.5):
+            with pytest.raises(ValueError, match="torch_threads"):
+                set_torch_threads(bad)
     finally:
         torch.set_num_threads(before)

@@ -190,8 +190,9 @@ class VOSTask(Task):
             frames = (s.prompt_frames[:count] if s.prompt_frames is not None
                       else torch.zeros(count, dtype=torch.long)).clamp(min=0).to(s.masks.device)
             masks = s.masks[torch.arange(count, device=s.masks.device), frames]  # [N_s, H, W] on reference frames
-            small = F.interpolate(masks[:, None].float(), size=(h4, w4), mode="area")[:, 0] > 0.5
-            ref_masks.append(F.pad(small.float(), (0, 0, 0, 0, 0, n - count)) > 0.5)
+            small = masks.new_zeros((n, h4, w4))  # padded objects: empty masks
+            small[:count] = F.interpolate(masks[:, None].float(), size=(h4, w4), mode="area")[:, 0] > 0.5
+            ref_masks.append(small)
             ref_frames.append(F.pad(frames, (0, n - count)))
             pts = None if s.points is None else _normalised_points(s.points[:count], s.masks.shape[-2:])
             if pts is not None and count < n:  # padded objects: the frame centre (ignored by the loss)
@@ -216,10 +217,9 @@ class VOSTask(Task):
         layers = range(out.num_predictions) if self.deep_supervision else [out.num_predictions - 1]
         targets = []
         for s in batch.samples:
-            objs = s.masks[:n]
-            bg = ~objs.any(0, keepdim=True)
-            targets.append(F.pad(torch.cat([bg, objs]).float(), (0, 0, 0, 0, 0, 0, 0, n - objs.shape[0])))
-        target = torch.cat(targets).float()  # [B*(1+N), T, H, W], padded objects empty
+            bg = ~s.masks.any(0, keepdim=True)
+            targets.append(F.pad(torch.cat([bg, s.masks]).float(), (0, 0, 0, 0, 0, 0, 0, n - s.masks.shape[0])))
+        target = torch.cat(targets)  # [B*(1+N), T, H, W], padded objects empty
         valid = getattr(queries, "object_valid", None)
         keep = None  # rows of real targets: background + each clip's own objects
         if valid is not None:

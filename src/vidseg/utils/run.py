@@ -98,9 +98,9 @@ def set_torch_threads(threads: int | None) -> None:
     """Intra-op CPU threads of this process (`torch_threads` in train.yaml; None keeps torch's default)."""
     if threads is None:
         return
-    if int(threads) < 1:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"torch_threads must be a positive number of threads or null, got {threads!r}")
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(threads)
 
 
 def build_run(cfg: DictConfig) -> Run:
