@@ -202,3 +202,28 @@ def test_sine_position_values_match_formula():
     # module forms broadcast over the batch
     assert PositionEmbeddingSine(4)(torch.zeros(2, 3, h, w)).shape == (2, 8, h, w)
     torch.testing.assert_close(PositionEmbeddingSine3D(4)(torch.zeros(2, 4, 1, h, w))[1], pos3d[0])
+
+
+def test_stride2_mask_features_add_an_fpn_step_on_the_stride2_map():
+    """mask_stride=2: the stride-2 map enters (changing it changes only the mask features), masks are H/2."""
+    torch.manual_seed(0)
+    neck = TemporalNeck([4, *IN_CHANNELS], d_model=64, num_layers=1, n_heads=4, n_points=2, ffn_dim=96,
+                        mask_stride=2)
+    g = torch.Generator().manual_seed(1)
+    fine = torch.randn(2, 4, 32, 64, generator=g)
+    maps = _backbone_maps(2, 64, 128)
+    out = neck([fine, *maps], 2)
+    assert out.mask_features.shape == (1, 2, 64, 32, 64)
+    assert [tuple(f.shape[-2:]) for f in out.features] == [(2, 4), (4, 8), (8, 16)]
+    other = neck([fine + 1.0, *maps], 2)
+    assert all(torch.equal(a, b) for a, b in zip(out.features, other.features))
+    assert not torch.allclose(out.mask_features, other.mask_features)
+    out.mask_features.square().mean().backward()
+    assert neck.fine_lateral_conv[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="5 maps"):
+        neck(maps, 2)
+    with pytest.raises(ValueError, match="stride-2/4/8/16/32 maps"):
+        TemporalNeck(IN_CHANNELS, d_model=64, mask_stride=2)
+    with pytest.raises(ValueError, match="mask_stride must be 4 or 2"):
+        TemporalNeck(IN_CHANNELS, d_model=64, mask_stride=8)
+    assert _tiny_neck().fine_lateral_conv is None  # TarViS layout: no extra parameters

@@ -48,6 +48,22 @@ def test_encode_decode_shapes() -> None:
     assert out.group("semantic").mask_logits.shape == (2, 4, 2, 16, 32)
 
 
+def test_stride2_masks_through_encode_decode_and_backward() -> None:
+    """model.neck.mask_stride=2 with a stride-2 backbone map: masks at H/2, attention still on F32/F16/F8."""
+    model, qs = _tiny(**{"backbone.strides": [2, 4, 8, 16, 32], "neck.mask_stride": 2})
+    assert model.mask_stride == 2 and model.backbone.strides == [2, 4, 8, 16, 32]
+    feats = model.encode(_frames())
+    assert feats.mask_features.shape == (2, 2, 64, 32, 64)
+    out = model.decode(feats, qs)
+    assert out.mask_logits[-1].shape == (2, 11, 2, 32, 64)
+    out.mask_logits[-1].square().mean().backward()
+    assert model.neck.fine_lateral_conv[0].weight.grad.abs().sum() > 0
+    first_conv = next(p for p in model.backbone.parameters() if p.dim() == 4)
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
+    with pytest.raises(InstantiationException, match="stride-2/4/8/16/32 maps, got"):
+        _tiny(**{"neck.mask_stride": 2})  # the backbone was left at strides 4-32
+
+
 def test_encode_normalises_uint8_like_float_input() -> None:
     model, _ = _tiny()
     frames = _frames(1, 1, 64, 64)

@@ -147,7 +147,7 @@ def _clip_logits(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list,
     """Object logits [N, t, h4, w4] of one clip for the chosen objects' reference masks / points."""
     feats = model.encode(clip_frames.unsqueeze(0).to(device))
     if tuple(feats.mask_features.shape[-2:]) != tuple(chosen[0][1].shape):
-        raise AssertionError(f"mask features {tuple(feats.mask_features.shape[-2:])} are not on the stride-4 grid "
+        raise AssertionError(f"mask features {tuple(feats.mask_features.shape[-2:])} are not on the mask grid "
                              f"{tuple(chosen[0][1].shape)} of the padded frames")
     masks = torch.stack([m for _, m, _, _ in chosen]).to(device)
     ref_frames = torch.tensor([f for _, _, f, _ in chosen], device=device)

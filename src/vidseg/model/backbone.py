@@ -1,4 +1,5 @@
-"""2D image backbones from timm, returning the stride-4/8/16/32 feature maps in NCHW.
+"""2D image backbones from timm, returning the stride-4/8/16/32 feature maps in NCHW (optionally also stride 2,
+for a neck that predicts masks at stride 2).
 
 Frames of a clip run independently as a batch of (B*T) images. Channel counts and strides are read from
 timm's ``feature_info``; nothing about a model's widths is hard-coded here.
@@ -23,6 +24,7 @@ TARVIS_PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 TARVIS_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 WANTED_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
+ALLOWED_STRIDES: tuple[tuple[int, ...], ...] = (WANTED_STRIDES, (2, *WANTED_STRIDES))
 
 # Short names used in configs -> timm model names. Any other timm name is accepted verbatim.
 BACKBONE_ALIASES: dict[str, str] = {
@@ -101,17 +103,17 @@ def _is_swin(timm_name: str) -> bool:
     return timm_name.startswith("swin")
 
 
-def _probe_out_indices(timm_name: str, extra_kwargs: dict) -> tuple[int, ...]:
-    """Indices of the stride-4/8/16/32 features of ``timm_name``, found on the meta device (no memory)."""
+def _probe_out_indices(timm_name: str, extra_kwargs: dict, wanted: Sequence[int] = WANTED_STRIDES) -> tuple[int, ...]:
+    """Indices of the ``wanted`` strides' features of ``timm_name``, found on the meta device (no memory)."""
     with torch.device("meta"):
         probe = timm.create_model(timm_name, features_only=True, pretrained=False, **extra_kwargs)
     reductions = probe.feature_info.reduction()
     indices = []
-    for stride in WANTED_STRIDES:
+    for stride in wanted:
         if stride not in reductions:
             raise ValueError(
                 f"backbone {timm_name!r} has no stride-{stride} feature map (timm reductions: {reductions}); "
-                f"vidseg needs strides {WANTED_STRIDES}"
+                f"vidseg needs strides {tuple(wanted)}"
             )
         indices.append(reductions.index(stride))
     return tuple(indices)
@@ -126,7 +128,8 @@ class Backbone(nn.Module):
         pretrained_file: local ``.safetensors``/``.pth`` with the full timm model's state dict.
         frozen_bn: convert every BatchNorm2d to torchvision ``FrozenBatchNorm2d`` (TarViS ResNet setting).
         drop_path_rate: stochastic depth (TarViS Swin: 0.3).
-        out_indices: timm feature indices; default: those with strides 4, 8, 16, 32.
+        out_indices: timm feature indices; default: those with ``strides``.
+        strides: the output strides, (4, 8, 16, 32) or (2, 4, 8, 16, 32) (a stride-2 mask-feature neck).
         model_kwargs: any further ``timm.create_model`` keyword arguments.
     """
 
@@ -139,8 +142,12 @@ class Backbone(nn.Module):
         drop_path_rate: float = 0.0,
         out_indices: Sequence[int] | None = None,
         model_kwargs: dict | None = None,
+        strides: Sequence[int] = WANTED_STRIDES,
     ) -> None:
         super().__init__()
+        wanted = tuple(int(s) for s in strides)
+        if wanted not in ALLOWED_STRIDES:
+            raise ValueError(f"backbone strides must be one of {list(ALLOWED_STRIDES)}, got {list(strides)}")
         timm_name = _resolve_name(name)
         kwargs: dict = dict(model_kwargs or {})
         if drop_path_rate > 0:
@@ -148,7 +155,7 @@ class Backbone(nn.Module):
         if _is_swin(timm_name):
             kwargs.setdefault("strict_img_size", False)  # accept any (padded) input size
         if out_indices is None:
-            out_indices = _probe_out_indices(timm_name, kwargs)
+            out_indices = _probe_out_indices(timm_name, kwargs, wanted)
         load_pretrained = bool(pretrained)
         if pretrained_file is not None:
             path = Path(pretrained_file).expanduser()
@@ -167,10 +174,10 @@ class Backbone(nn.Module):
         self.channels_last_output = str(getattr(fmt, "value", fmt)) == "NHWC"
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
-        if self.strides != list(WANTED_STRIDES):
+        if self.strides != list(wanted):
             raise ValueError(
                 f"backbone {timm_name!r} with out_indices={tuple(out_indices)} gives strides {self.strides}, "
-                f"expected {list(WANTED_STRIDES)}"
+                f"expected {list(wanted)}"
             )
 
     @property
@@ -179,7 +186,7 @@ class Backbone(nn.Module):
         return max(self.strides)
 
     def forward(self, frames: Tensor) -> list[Tensor]:
-        """[N, 3, H, W] normalised float frames -> stride-4/8/16/32 maps, each [N, C_i, H/s, W/s].
+        """[N, 3, H, W] normalised float frames -> the ``strides`` maps, each [N, C_i, H/s, W/s].
 
         Maps are dense, in NCHW or channels_last memory format (Swin, ConvNeXt), as timm produces them."""
         if frames.dim() != 4 or frames.shape[1] != 3:

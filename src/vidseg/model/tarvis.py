@@ -60,6 +60,10 @@ class TarViS(nn.Module):
         self.neck = neck if isinstance(neck, nn.Module) else neck(in_channels=list(backbone.channels))
         self.decoder = decoder
         self.d_model = decoder.d_model
+        self.mask_stride = int(getattr(self.neck, "mask_stride", 4))
+        if self.mask_stride not in backbone.strides:
+            raise ValueError(f"TarViS: the neck predicts masks at stride {self.mask_stride} but the backbone gives "
+                             f"strides {backbone.strides} (set model.backbone.strides to include it)")
         neck_dim = getattr(self.neck, "d_model", self.d_model)
         if neck_dim != self.d_model:
             raise ValueError(f"TarViS: neck d_model {neck_dim} != decoder d_model {self.d_model}")
