@@ -61,6 +61,14 @@ def semantic_target_from_instances(
     return target
 
 
+def mask_pooled_features(mask_features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Mask features [B, T, d, h, w] averaged under each query's soft mask sigmoid(logits) [B, Q, T, h, w]
+    (detached: the class loss does not move the masks) -> [B, Q, d]."""
+    weights = mask_logits.detach().sigmoid().to(mask_features.dtype)
+    pooled = torch.einsum("bqthw,btdhw->bqd", weights, mask_features)
+    return pooled / weights.sum(dim=(2, 3, 4)).clamp(min=1e-6).unsqueeze(-1)
+
+
 class VISTask(Task):
     """Video instance segmentation on YouTube-VIS / OVIS style data."""
 
@@ -82,9 +90,14 @@ class VISTask(Task):
         sampler: Mapping[str, Any] | None = None,
         iou_threshold: float = 0.5,
         gvseg: Mapping[str, Any] | None = None,
+        pooled_class: bool = False,
     ) -> None:
         super().__init__()
         self.num_queries, self.num_background = num_queries, num_background
+        # ours, off in the paper recipes: add the mask features average-pooled under each instance query's own
+        # (detached) mask, through a zero-initialised linear layer, to its class embedding
+        self.pooled_class = bool(pooled_class)
+        self.class_pool: torch.nn.Linear | None = None
         self.weights = {**DEFAULT_WEIGHTS, **dict(weights or {})}
         self.no_object_weight = no_object_weight
         self.num_points, self.aux_points = num_points, aux_points
@@ -112,6 +125,10 @@ class VISTask(Task):
                 self.spa_encoder = self.gvseg.encoder(d)
             if self.gvseg.task_init:
                 self.grid_init = GridQueryInit(d, self.gvseg.grid, self.gvseg.grid_queries or self.num_queries)
+        if self.pooled_class and self.class_pool is None:
+            self.class_pool = torch.nn.Linear(d, d)
+            torch.nn.init.zeros_(self.class_pool.weight)
+            torch.nn.init.zeros_(self.class_pool.bias)
         for group in ("instance", "background", "semantic"):
             model.decoder.add_group(group)
         for key, cats in vocabularies.items():
@@ -143,11 +160,18 @@ class VISTask(Task):
         return self.query_set(model, batch.dataset, feats)
 
     # ------------------------------------------------------------------ loss
-    def class_logits(self, out: Any, layer: int) -> torch.Tensor:
+    def class_logits(self, out: Any, layer: int, feats: Any = None) -> torch.Tensor:
+        """[B, Q, 1+C] by similarity to the semantic queries (TarViS); with `pooled_class`, the instance
+        embeddings first get the projected mask-pooled features (`feats` = the clip's encoded features)."""
         inst, bg, sem = out.group("instance", layer), out.group("background", layer), out.group("semantic", layer)
-        return classify(inst.embeddings, sem.embeddings, bg.embeddings)
+        embeddings = inst.embeddings
+        if self.class_pool is not None:
+            if feats is None:
+                raise ValueError("vis: pooled_class needs the encoded features to classify the instance queries")
+            embeddings = embeddings + self.class_pool(mask_pooled_features(feats.mask_features, inst.mask_logits))
+        return classify(embeddings, sem.embeddings, bg.embeddings)
 
-    def instance_losses(self, out: Any, batch: Batch) -> dict[str, torch.Tensor]:
+    def instance_losses(self, out: Any, batch: Batch, feats: Any = None) -> dict[str, torch.Tensor]:
         """Matching + class CE + mask BCE/dice (+ aux semantic CE) summed over the supervised outputs."""
         keep = [~s.iscrowd if s.iscrowd is not None else torch.ones_like(s.class_ids, dtype=torch.bool)
                 for s in batch.samples]
@@ -160,7 +184,7 @@ class VISTask(Task):
         totals: dict[str, torch.Tensor] = {}
         for layer in layers:
             inst = out.group("instance", layer)
-            logits = self.class_logits(out, layer)  # [B, Q, 1+C]
+            logits = self.class_logits(out, layer, feats)  # [B, Q, 1+C]
             matches = self.matcher(logits, inst.mask_logits, targets)
             tgt_cls = torch.zeros(logits.shape[:2], dtype=torch.long, device=device)
             pred_m, true_m = [], []
@@ -188,7 +212,7 @@ class VISTask(Task):
         return torch.stack(losses).mean()
 
     def loss(self, model: Any, feats: Any, queries: Any, out: Any, batch: Batch) -> dict[str, torch.Tensor]:
-        losses = self.instance_losses(out, batch)
+        losses = self.instance_losses(out, batch, feats)
         if self.gvseg.contrastive:
             losses["contrastive"] = self.contrastive_loss(model, feats, queries, batch)
         return losses
@@ -208,7 +232,8 @@ class VISTask(Task):
             for (out, sl) in parts:
                 masks = s.masks[:, sl]
                 visible = masks.flatten(1).any(1)
-                logits = self.class_logits(out, -1)[b : b + 1]
+                sub = dataclasses.replace(feats, mask_features=feats.mask_features[:, sl])
+                logits = self.class_logits(out, -1, sub)[b : b + 1]
                 targets = MatchTargets.pad([s.class_ids[visible]], [masks[visible]])
                 qi, ti = self.matcher(logits, out.group("instance", -1).mask_logits[b : b + 1], targets)[0]
                 emb = out.group("instance", -1).queries[b, qi.to(logits.device)]
@@ -240,7 +265,7 @@ class VISTask(Task):
         feats = model.encode(frames.unsqueeze(0).to(device))
         qs = self.query_set(model, dataset, feats)
         out = model.decode(feats, qs, getattr(qs, "query_adders", None))
-        return self.class_logits(out, -1)[0].softmax(-1), out.group("instance", -1).mask_logits[0], out
+        return self.class_logits(out, -1, feats)[0].softmax(-1), out.group("instance", -1).mask_logits[0], out
 
     def clip_candidates(self, probs: torch.Tensor, dataset: str) -> torch.Tensor:
         """Queries of a clip that become or extend tracks: those owning one of its top-K (query, class) pairs."""

@@ -58,7 +58,7 @@ class VPSTask(VISTask):
         return torch.tensor([c.isthing for c in self.vocabularies[dataset]], dtype=torch.bool, device=device)
 
     def loss(self, model: Any, feats: Any, queries: Any, out: Any, batch: Batch) -> dict[str, torch.Tensor]:
-        losses = self.instance_losses(out, batch)
+        losses = self.instance_losses(out, batch, feats)
         layers = range(out.num_predictions) if self.deep_supervision else [out.num_predictions - 1]
         total = 0.0
         for layer in layers:
