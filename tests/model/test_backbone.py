@@ -125,6 +125,22 @@ def test_backbone_rejects_bad_inputs():
         Backbone("test_vit")  # plain ViT: every feature map has stride 16
 
 
+def test_stride2_output_is_timms_stride2_map_and_bad_strides_are_rejected():
+    torch.manual_seed(0)
+    backbone = Backbone("tiny", strides=(2, 4, 8, 16, 32)).eval()
+    assert backbone.strides == [2, 4, 8, 16, 32] and len(backbone.channels) == 5
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = backbone(x)
+        plain = Backbone("tiny").eval()
+        plain.load_state_dict(backbone.state_dict())
+        reference = plain(x)
+    assert tuple(maps[0].shape) == (1, backbone.channels[0], 32, 32)
+    assert all(torch.equal(a, b) for a, b in zip(maps[1:], reference))  # the same four maps as without it
+    with pytest.raises(ValueError, match="strides must be one of"):
+        Backbone("tiny", strides=(8, 16, 32))
+
+
 def test_normalize_frames_values_and_device_dtype():
     frames = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
     mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 5.0)
