@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+from _timed_batches import batches_for
 from vidseg.model.backbone import normalize_frames
 from vidseg.utils.run import build_datamodule, build_module
 
@@ -58,13 +59,8 @@ def main() -> None:
     head = torch.nn.Linear(channels, num_classes)
     params = [*model.backbone.parameters(), *model.neck.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, args.lr, weight_decay=0.05)
-    start, step, hits = time.time(), 0, []
-    loader = iter(dm.train_dataloader())
-    while time.time() - start < args.seconds:
-        batch = next(loader, None)
-        if batch is None:
-            loader = iter(dm.train_dataloader())
-            continue
+    start, hits = time.time(), []
+    for step, batch in enumerate(batches_for(dm, args.seconds), start=1):
         fmap = pooled_features(model, batch, args.source)
         logits, labels = [], []
         for i, sample in enumerate(batch.samples):
@@ -77,7 +73,6 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        step += 1
         hits.extend((logits_t.argmax(-1) == labels_t).float().tolist())
         if step % 50 == 0:
             print(f"step {step} {time.time() - start:.0f}s loss {loss.item():.3f} "

@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import Tensor, nn
 
+from _timed_batches import batches_for
 from vidseg.model.backbone import normalize_frames
 from vidseg.utils.run import build_datamodule
 
@@ -89,13 +90,8 @@ def main() -> None:
     dm.prepare_data()
     model = PrototypeVOS(tarvis=instantiate(cfg.model) if args.tarvis_features else None)
     opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=0.05)
-    start, step, iou_ref, iou_later = time.time(), 0, [], []
-    loader = iter(dm.train_dataloader())
-    while time.time() - start < args.seconds:
-        batch = next(loader, None)
-        if batch is None:
-            loader = iter(dm.train_dataloader())
-            continue
+    start, iou_ref, iou_later = time.time(), [], []
+    for step, batch in enumerate(batches_for(dm, args.seconds), start=1):
         n = min(s.masks.shape[0] for s in batch.samples)
         masks = torch.stack([s.masks[:n] for s in batch.samples]).float()  # [B, N, T, H, W]
         logits = model(batch.frames, masks[:, :, 0], batch.colour, batch.pad_mask)
@@ -107,7 +103,6 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        step += 1
         with torch.no_grad():
             labels = logits.argmax(1)  # [B, T, H, W]
             for k in range(n):
