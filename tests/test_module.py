@@ -101,6 +101,27 @@ def test_param_groups_are_named_and_split_by_backbone_and_decay() -> None:
     assert len(by_name["rest"]["params"]) == 1  # head.weight; biases and the norm go to no_wd
 
 
+def test_fused_adamw_is_chosen_on_cpu_and_matches_the_loop() -> None:
+    def trained(fused: object) -> tuple[dict, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = nn.Module()
+        model.backbone, model.head = nn.Linear(3, 4), nn.Linear(4, 2)
+        module = VidsegModule(model, {}, {"lr": 1e-2, "weight_decay": 0.05, "fused": fused})
+        opt = module.configure_optimizers()["optimizer"]
+        for _ in range(3):
+            opt.zero_grad()
+            model.head(model.backbone(torch.randn(5, 3))).square().mean().backward()
+            opt.step()
+        return opt.defaults, [p.detach().clone() for p in model.parameters()]
+
+    auto, loop = trained("auto"), trained(False)
+    assert auto[0]["fused"] is True and not loop[0]["fused"]
+    for a, b in zip(auto[1], loop[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="optim.fused"):
+        trained("yes")
+
+
 def test_seed_step_rngs_is_a_function_of_seed_rank_and_micro_batch() -> None:
     def draws(seed: int, rank: int, micro: int) -> tuple:
         seed_step_rngs(seed, rank, micro)

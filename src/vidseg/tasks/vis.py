@@ -182,6 +182,10 @@ class VISTask(Task):
         num_masks = global_num_masks(sum(targets.counts), device)
         layers = range(out.num_predictions) if self.deep_supervision else [out.num_predictions - 1]
         totals: dict[str, torch.Tensor] = {}
+        sem_targets = [  # once per batch, shared by every supervised output
+            semantic_target_from_instances(m, c, s.pad_mask, tuple(s.masks.shape[-2:]))
+            for s, c, m in zip(batch.samples, cls_t, mask_t)
+        ] if self.weights.get("aux_semantic") else []
         for layer in layers:
             inst = out.group("instance", layer)
             logits = self.class_logits(out, layer, feats)  # [B, Q, 1+C]
@@ -197,17 +201,18 @@ class VISTask(Task):
             terms = {"class": F.cross_entropy(logits.transpose(1, 2), tgt_cls, weight=weight)}
             terms.update(mask_losses(torch.cat(pred_m), torch.cat(true_m), num_masks, self.num_points))
             if self.weights.get("aux_semantic"):
-                terms["aux_semantic"] = self.aux_semantic_loss(out, batch, layer, cls_t, mask_t)
+                terms["aux_semantic"] = self.aux_semantic_loss(out, layer, sem_targets)
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + self.weights[k] * v
         return totals
 
-    def aux_semantic_loss(self, out: Any, batch: Batch, layer: int, cls_t: list, mask_t: list) -> torch.Tensor:
+    def aux_semantic_loss(self, out: Any, layer: int, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Semantic CE of [background, semantic queries] of one output against the class maps drawn from the
+        instance masks (`semantic_target_from_instances`, one [T, H, W] per clip)."""
         bg, sem = out.group("background", layer), out.group("semantic", layer)
         losses = []
-        for b, s in enumerate(batch.samples):
+        for b, target in enumerate(targets):
             logits = torch.cat([bg.mask_logits[b].amax(0, keepdim=True), sem.mask_logits[b]])  # [1+C, T, h, w]
-            target = semantic_target_from_instances(mask_t[b], cls_t[b], s.pad_mask, tuple(s.masks.shape[-2:]))
             losses.append(semantic_ce_loss(logits, target, self.aux_points))
         return torch.stack(losses).mean()
 
