@@ -137,20 +137,30 @@ class VidsegModule(pl.LightningModule):
             total = total + self._zero_touching_all_params(total)
         self._window_has_grads = True
         bs = len(batch)
-        for k, v in losses.items():
-            self.log(f"train/{batch.task}/{k}", v.detach(), batch_size=bs)
         self.log(f"train/{batch.task}/loss", total.detach(), prog_bar=True, batch_size=bs)
-        self.log("train/loss", total.detach(), batch_size=bs)
-        opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
-        if opt is not None:
-            for i, group in enumerate(opt.param_groups):
-                self.log(f"train/lr/{group.get('name', i)}", group["lr"], batch_size=bs)
         now = time.perf_counter()
-        if self._t_last is not None:
-            world = self.trainer.world_size if self._trainer is not None else 1
-            self.log("train/clips_per_s", bs * world / max(now - self._t_last, 1e-9), batch_size=bs)
+        if self._logs_this_step():
+            for k, v in losses.items():
+                self.log(f"train/{batch.task}/{k}", v.detach(), batch_size=bs)
+            self.log("train/loss", total.detach(), batch_size=bs)
+            opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
+            if opt is not None:
+                for i, group in enumerate(opt.param_groups):
+                    self.log(f"train/lr/{group.get('name', i)}", group["lr"], batch_size=bs)
+            if self._t_last is not None:
+                world = self.trainer.world_size if self._trainer is not None else 1
+                self.log("train/clips_per_s", bs * world / max(now - self._t_last, 1e-9), batch_size=bs)
         self._t_last = now
         return total
+
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers write this step (Lightning's own rule: every `log_every_n_steps` and the last step).
+        The other steps' values would be dropped anyway, and each `self.log` costs about 1.3 ms on the CPU: the
+        tiny recipe's 13 calls per step were 9 % of its step time."""
+        if self._trainer is None:
+            return True
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
 
     def _distributed(self) -> bool:
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -192,7 +202,8 @@ class VidsegModule(pl.LightningModule):
         clip = self.optim_cfg.get("clip_norm")
         if clip:
             norm = torch.nn.utils.clip_grad_norm_(self.parameters(), float(clip))
-            self.log("train/grad_norm", norm, batch_size=1)
+            if self._logs_this_step():
+                self.log("train/grad_norm", norm, batch_size=1)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
