@@ -174,3 +174,41 @@ def test_vos_init_queries_pad_clips_to_the_largest_object_count(point_prob: floa
     assert torch.isfinite(total)
     total.backward()
     assert model.neck.mask_features.weight.grad.abs().sum() > 0
+
+
+def test_vos_token_pool_cuts_prompt_tokens_from_pooled_features() -> None:
+    """token_pool=2: an object's tokens are the 2x2-average-pooled mask features of every pooled cell its mask
+    touches (stride-2 masks keep the encoder at the stride-4 token count); 1 keeps the features themselves."""
+    from types import SimpleNamespace
+
+    d, h, w = 4, 8, 8
+    mf = torch.randn(1, 1, d, h, w)
+    mask = torch.zeros(1, h, w, dtype=torch.bool)
+    mask[0, 0:2, 0:2] = True  # pooled cell (0, 0)
+    mask[0, 5, 6] = True  # one pixel of pooled cell (2, 3)
+    seen = {}
+
+    def encoder(init, tokens, pos, pads, kinds):
+        seen.update(init=init, tokens=tokens, pads=pads, kinds=kinds)
+        return torch.zeros(init.shape[0], init.shape[1], d)
+
+    for pool in (1, 2):
+        task = VOSTask(queries_per_object=1, background_grid=1, pixels_per_query=64, token_pool=pool)
+        task.encoder, task.point_init = encoder, object()
+        task.embeds = {"background_vos": QueryGroupFactory(), "vos": QueryGroupFactory()}
+        task.build_queries(SimpleNamespace(mask_features=mf, features=[]), [mask], [torch.zeros(1, dtype=torch.long)],
+                           [None], [False], 1, 64)
+        obj = seen["tokens"][0, 1][~seen["pads"][0, 1]]  # the object's query (after 1 background query)
+        pooled = torch.nn.functional.avg_pool2d(mf[0], pool)[0] if pool > 1 else mf[0, 0]
+        expect = pooled[:, [0, 2], [0, 3]].t() if pool > 1 else mf[0, 0][:, mask[0]].t()
+        torch.testing.assert_close(obj, expect)
+        torch.testing.assert_close(seen["init"][0, 1], expect.mean(0))
+    with pytest.raises(ValueError, match="token_pool"):
+        VOSTask(token_pool=0)
+
+
+class QueryGroupFactory:
+    """Stand-in for LearnedQueries: .group(name, content) -> a QueryGroup holding the content."""
+
+    def group(self, name: str, content: torch.Tensor) -> QueryGroup:
+        return QueryGroup(name, content[0], torch.zeros(content.shape[-1]))

@@ -64,6 +64,7 @@ class VOSTask(Task):
         revive_lost: bool = False,
         gvseg: Mapping[str, Any] | None = None,
         detach_pooling: bool = True,
+        token_pool: int = 1,
     ) -> None:
         super().__init__()
         self.q_train, self.q_eval = queries_per_object, queries_per_object_eval
@@ -79,6 +80,11 @@ class VOSTask(Task):
         self.gvseg = GvSegConfig.from_any(gvseg)
         self.spa_encoder: nn.Module | None = None
         self.detach_pooling = detach_pooling  # TarViS: no gradient into the features through the prompt pooling
+        if int(token_pool) < 1:
+            raise ValueError(f"{self.name}: token_pool must be >= 1, got {token_pool}")
+        # ours: prompt tokens cut from the mask features average-pooled by this factor (2 with stride-2 masks keeps
+        # the object encoder at the stride-4 token count; 1 = TarViS, the mask features themselves)
+        self.token_pool = int(token_pool)
         self.current_step = 0  # set by the LightningModule (global step) before each training forward
         # inference: clip length/overlap (TarViS DAVIS 12/6, BURST 8/4; None = whole video as one clip)
         self.clip_len, self.clip_overlap, self.revive_lost = clip_len, clip_overlap, revive_lost
@@ -123,6 +129,10 @@ class VOSTask(Task):
         QuerySet carries `owners`: the object index (0..N-1) of every 'vos' query."""
         assert self.encoder is not None and self.point_init is not None and self.embeds is not None
         mf = feats.mask_features  # [B, T, d, h4, w4]
+        if self.token_pool > 1:  # coarser token grid; a pooled cell belongs to an object if any pixel does
+            k = self.token_pool
+            mf = F.avg_pool2d(mf.flatten(0, 1), k, ceil_mode=True).unflatten(0, mf.shape[:2])
+            ref_masks = [F.max_pool2d(m[None].float(), k, ceil_mode=True)[0] > 0 for m in ref_masks]
         b, _, d, h4, w4 = mf.shape
         pos = sine_position_2d(h4, w4, d, device=mf.device, dtype=mf.dtype)[0]
         mask_objs = [k for k, p in enumerate(is_point) if not p]
@@ -144,7 +154,7 @@ class VOSTask(Task):
             if point_objs:
                 if points[i] is None:
                     raise ValueError("vos: point objects need points in the clip sample")
-                levels = [f[i] for f in feats.features] + [mf[i]]
+                levels = [f[i] for f in feats.features] + [feats.mask_features[i]]
                 idx = torch.as_tensor(point_objs, device=mf.device)
                 p_init, p_tok, p_pos = self.point_init(levels, points[i][idx].to(mf.dtype), ref_frames[i][idx])
                 p_pad = torch.zeros(p_tok.shape[:2], dtype=torch.bool, device=mf.device)
