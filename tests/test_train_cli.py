@@ -57,3 +57,27 @@ def test_torch_threads_setting_sets_and_validates() -> None:
                 set_torch_threads(bad)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mask_stride", "token_pool"),
+    [
+        (["task=vos"], 2, {"vos": 2}),  # conf/recipe/tarvis_tiny_vos.yaml
+        (["task=vos", "~recipe"], 4, {"vos": 1}),  # the TarViS layout
+        (["task=vis"], 4, {}),
+        (["task=multi"], 4, {"vos": 1, "pet": 1}),  # one shared model: no single task's tweaks
+        (["task=pet"], 2, {"pet": 2}),
+        (["task=vos", "model=tarvis_r50"], 4, {"vos": 1}),  # the tiny recipe only with the tiny model
+    ],
+)
+def test_tiny_recipe_tweaks_apply_to_the_tiny_model_and_their_task_only(
+    overrides: list[str], mask_stride: int, token_pool: dict[str, int]
+) -> None:
+    from hydra import compose, initialize_config_dir
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    assert cfg.model.neck.get("mask_stride", 4) == mask_stride
+    assert (list(cfg.model.backbone.get("strides", [4]))[0] == 2) == (mask_stride == 2)
+    assert {t: cfg.tasks[t].token_pool for t in cfg.tasks if "token_pool" in cfg.tasks[t]} == token_pool
