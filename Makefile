@@ -33,6 +33,7 @@ bench: ## Run the benchmark scripts (data, metrics, model, matcher, inference)
 	$(BIN)/python scripts/bench_model.py
 	@if [ -f scripts/bench_matcher.py ]; then $(BIN)/python scripts/bench_matcher.py; fi
 	@if [ -f scripts/bench_inference.py ]; then $(BIN)/python scripts/bench_inference.py; fi
+	$(BIN)/python scripts/bench_train_step.py
 
 clean: ## Remove caches and run outputs
 	rm -rf .pytest_cache .ruff_cache logs outputs multirun
