@@ -6,6 +6,7 @@ loss on one rank makes every rank skip that micro-batch, and gradients stay in s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,16 @@ def test_two_process_ddp_multi_task(tmp_path: Path) -> None:
     assert state["global_step"] == 4
     assert state["VidsegDataModule"]["micro_batch"] == 8
     assert state["vidseg"]["skipped_steps"] == len(NAN)
+
+
+@pytest.mark.slow
+def test_one_device_ddp_trains_every_task_and_validates(tmp_path: Path) -> None:
+    """`trainer=ddp` on one device (as `trainer=gpu` on a one-GPU machine): Lightning still wraps the model in
+    DDP, whose reducer needs every parameter in each step's loss, and the metrics sync through the process
+    group; a world-size-1 shortcut once left the other tasks' heads out and stopped at the second step."""
+    run = tmp_path / "run"
+    run_train([*QUICK, "task=multi", "trainer=ddp", "trainer.devices=1", "trainer.max_steps=6",
+               "data.max_val_videos=1", f"hydra.run.dir={run}"], timeout=900, log=tmp_path / "train.log")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"vis", "vss", "vps", "vos", "pet"} <= set(metrics), sorted(metrics)
+    assert 0.0 <= metrics["vos"]["J&F-Mean"] <= 1.0

@@ -50,6 +50,20 @@ def _use_fused(option: Any, params: list[nn.Parameter]) -> bool | None:
     raise ValueError(f"optim.fused: expected true, false or 'auto', got {option!r}")
 
 
+def metric_sync_group() -> Any | None:
+    """The process group the validation metrics sync their states over: None (the default group) where that
+    group moves CPU tensors (gloo, mpi, or a "cpu:gloo,cuda:nccl" pair), else a new gloo group of the same ranks.
+    The metrics keep their states on the CPU (RLE masks, confusion matrices) and NCCL gathers CUDA tensors only:
+    torchmetrics' sync over it fails with "No backend type associated with device type cpu". Collective: every
+    rank must call it at the same point."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    backend = str(dist.get_backend())
+    if backend in ("gloo", "mpi") or "cpu:" in backend:
+        return None
+    return dist.new_group(backend="gloo")
+
+
 class VidsegModule(pl.LightningModule):
     """Trains the shared model on batches of any configured task and validates each dataset with its metric."""
 
@@ -83,6 +97,8 @@ class VidsegModule(pl.LightningModule):
         self.max_nonfinite_skips = int(max_nonfinite_skips)
         self.media_videos, self.media_max_frames = int(media_videos), int(media_max_frames)
         self.skipped_steps = 0
+        self._metric_group: Any = None  # metric_sync_group(), made at the first validation
+        self._metric_group_made = False
         self._t_last: float | None = None
         self._window_has_grads = False
 
@@ -163,7 +179,9 @@ class VidsegModule(pl.LightningModule):
         return bool(getattr(connector, "should_update_logs", True))
 
     def _distributed(self) -> bool:
-        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        """A process group is up. Not `world_size > 1`: Lightning's DDP wraps the model on one device too, and
+        its reducer then wants a gradient for every parameter just the same."""
+        return dist.is_available() and dist.is_initialized()
 
     def _all_ranks_finite(self, total: torch.Tensor) -> bool:
         """True when the loss is finite on every rank (one tiny all-reduce under DDP so all ranks skip together
@@ -243,10 +261,14 @@ class VidsegModule(pl.LightningModule):
         self.val_datasets = list(records)
 
     def on_validation_epoch_start(self) -> None:
+        if not self._metric_group_made:  # once: a collective, and all ranks validate together
+            self._metric_group, self._metric_group_made = metric_sync_group(), True
         self.metrics = {}
         for name in self.val_datasets:
             task: Task = self.tasks[self.dataset_tasks[name]]
             self.metrics[name] = task.make_metric(self.val_records[name])
+            if self._metric_group is not None:
+                self.metrics[name].process_group = self._metric_group
 
     def validation_step(self, video: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.val_datasets[dataloader_idx]

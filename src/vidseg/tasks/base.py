@@ -89,6 +89,18 @@ class MetricGroup:
 
     def __init__(self, metrics: Mapping[str, Any]) -> None:
         self.metrics = dict(metrics)
+        self._process_group: Any = None
+
+    @property
+    def process_group(self) -> Any:
+        """The process group every member syncs over (torchmetrics' attribute; None = the default group)."""
+        return self._process_group
+
+    @process_group.setter
+    def process_group(self, group: Any) -> None:
+        self._process_group = group
+        for metric in self.metrics.values():
+            metric.process_group = group
 
     def update(self, pred: VideoPrediction, gt: VideoRecord) -> None:
         for metric in self.metrics.values():
