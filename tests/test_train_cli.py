@@ -60,18 +60,19 @@ def test_torch_threads_setting_sets_and_validates() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "mask_stride", "token_pool"),
+    ("overrides", "mask_stride", "token_pool", "milestones"),
     [
-        (["task=vos"], 2, {"vos": 2}),  # conf/recipe/tarvis_tiny_vos.yaml
-        (["task=vos", "~recipe"], 4, {"vos": 1}),  # the TarViS layout
-        (["task=vis"], 4, {}),
-        (["task=multi"], 4, {"vos": 1, "pet": 1}),  # one shared model: no single task's tweaks
-        (["task=pet"], 2, {"pet": 2}),
-        (["task=vos", "model=tarvis_r50"], 4, {"vos": 1}),  # the tiny recipe only with the tiny model
+        (["task=vos"], 2, {"vos": 2}, [100000]),  # conf/recipe/tarvis_tiny_vos.yaml
+        (["task=vos", "~recipe"], 4, {"vos": 1}, [100000]),  # the TarViS layout, conf/optim/tiny_cpu.yaml
+        (["task=vis"], 4, {}, [100000]),
+        (["task=vps"], 4, {}, [1000]),  # conf/recipe/tarvis_tiny_vps.yaml: the lr drop only
+        (["task=multi"], 4, {"vos": 1, "pet": 1}, [100000]),  # one shared model: no single task's tweaks
+        (["task=pet"], 2, {"pet": 2}, [100000]),
+        (["task=vos", "model=tarvis_r50"], 4, {"vos": 1}, [100000]),  # the tiny recipe only with the tiny model
     ],
 )
 def test_tiny_recipe_tweaks_apply_to_the_tiny_model_and_their_task_only(
-    overrides: list[str], mask_stride: int, token_pool: dict[str, int]
+    overrides: list[str], mask_stride: int, token_pool: dict[str, int], milestones: list[int]
 ) -> None:
     from hydra import compose, initialize_config_dir
 
@@ -80,4 +81,5 @@ def test_tiny_recipe_tweaks_apply_to_the_tiny_model_and_their_task_only(
         cfg = compose("train", overrides=overrides)
     assert cfg.model.neck.get("mask_stride", 4) == mask_stride
     assert (list(cfg.model.backbone.get("strides", [4]))[0] == 2) == (mask_stride == 2)
+    assert list(cfg.optim.milestones) == milestones
     assert {t: cfg.tasks[t].token_pool for t in cfg.tasks if "token_pool" in cfg.tasks[t]} == token_pool
