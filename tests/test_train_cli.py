@@ -65,6 +65,7 @@ def test_torch_threads_setting_sets_and_validates() -> None:
         (["task=vos"], 2, {"vos": 2}, [100000]),  # conf/recipe/tarvis_tiny_vos.yaml
         (["task=vos", "~recipe"], 4, {"vos": 1}, [100000]),  # the TarViS layout, conf/optim/tiny_cpu.yaml
         (["task=vis"], 4, {}, [100000]),
+        (["task=vss"], 4, {}, [100000]),  # conf/recipe/tarvis_tiny_vss.yaml: lr 2e-3 only
         (["task=vps"], 4, {}, [1000]),  # conf/recipe/tarvis_tiny_vps.yaml: the lr drop only
         (["task=multi"], 4, {"vos": 1, "pet": 1}, [100000]),  # one shared model: no single task's tweaks
         (["task=pet"], 2, {"pet": 2}, [100000]),
@@ -82,4 +83,5 @@ def test_tiny_recipe_tweaks_apply_to_the_tiny_model_and_their_task_only(
     assert cfg.model.neck.get("mask_stride", 4) == mask_stride
     assert (list(cfg.model.backbone.get("strides", [4]))[0] == 2) == (mask_stride == 2)
     assert list(cfg.optim.milestones) == milestones
+    assert cfg.optim.lr == (2e-3 if overrides == ["task=vss"] else 1e-3)
     assert {t: cfg.tasks[t].token_pool for t in cfg.tasks if "token_pool" in cfg.tasks[t]} == token_pool
