@@ -36,8 +36,8 @@ def _frames() -> torch.Tensor:
     return torch.randint(0, 256, (2, 3, 3, 64, 128), generator=g, dtype=torch.uint8)
 
 
-def test_cuda_fp32_matches_cpu_and_bf16_tracks_fp32() -> None:
-    torch.backends.cudnn.allow_tf32 = False
+def test_cuda_fp32_matches_cpu_and_bf16_tracks_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # restored after the test
     cpu_model, cpu_qs = _tiny("cpu")
     gpu_model, gpu_qs = _tiny("cuda")
     gpu_model.load_state_dict(cpu_model.state_dict())
