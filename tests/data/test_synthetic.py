@@ -15,7 +15,7 @@ from scipy.spatial.distance import cdist
 from vidseg.data import synthetic as syn
 from vidseg.data.formats import get_format
 from vidseg.data.records import IGNORE_LABEL
-from vidseg.data.synthetic_scene import SHAPES, STUFF, SceneConfig, exemplar_point, make_scene
+from vidseg.data.synthetic_scene import CLASS_COLOURS, SHAPES, STUFF, SceneConfig, exemplar_point, make_scene
 from vidseg.data.video import open_frames
 
 BURST_DISTRACTORS = {20, 63, 108, 180, 188, 204, 212, 247, 303, 403, 407, 415, 490, 504, 507, 513, 529, 567,
@@ -315,3 +315,34 @@ def test_cli_all_formats_default_size(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(syn.FORMATS)
     assert "total" in proc.stdout.splitlines()[-1]
     assert len(get_format("davis").read(tmp_path / "davis", "train").videos) == 24
+
+
+def test_class_colours_recolour_the_same_scene_by_class():
+    """`class_colours` keeps every draw of the scene (same layout, motion, masks) and gives each object its
+    shape class's colour family; without it, objects of one class have unrelated colours."""
+    plain, coloured = SceneConfig(), SceneConfig(class_colours=True)
+    spreads: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(10):
+        a, b = make_scene(0, "train", i, plain), make_scene(0, "train", i, coloured)
+        for x, y in zip(a.instance_maps, b.instance_maps):
+            np.testing.assert_array_equal(x, y)
+        assert a.track_shapes == b.track_shapes
+        for scene, on in ((a, False), (b, True)):
+            frame, ids = scene.frames[0].astype(np.float64), scene.instance_maps[0]
+            for tid, shape in scene.track_shapes.items():
+                if (ids == tid).sum() < 20:
+                    continue
+                mean = frame[ids == tid].mean(0)
+                ref = np.asarray(CLASS_COLOURS[shape]) * (1 + 0.55) / 2  # the mean of the two tones' bases
+                spreads[on].append(float(np.abs(mean - ref).max()))
+    assert len(spreads[True]) >= 10
+    assert max(spreads[True]) < 60  # jitter ±22 per tone plus texture mixing
+    assert np.median(spreads[False]) > 60
+
+
+def test_class_colours_cache_keys():
+    """The option is part of the cache key; the keys of the random-colour datasets did not change with it."""
+    plain = syn.SyntheticParams(videos_train=160, videos_val=32)
+    assert syn.cache_key("ytvis", plain) == "ytvis-2485d4232a27"  # the key before the option existed
+    coloured = syn.SyntheticParams(videos_train=160, videos_val=32, class_colours=True)
+    assert syn.cache_key("ytvis", coloured) != syn.cache_key("ytvis", plain)

@@ -6,7 +6,7 @@ generates once into a cache folder keyed by format + parameters (temp folder + a
 it; training configs call it when no dataset path is set.
 
     python -m vidseg.data.synthetic --format ytvis --out /tmp/syn [--seed 0 --height 96 --width 96
-        --videos-train 24 --videos-val 8 --frames T]            # --format all: one sub-folder per format
+        --videos-train 24 --videos-val 8 --frames T --class-colours]   # --format all: one sub-folder per format
 
 Same arguments -> byte-identical annotation files (frames/videos too, given the same library versions).
 """
@@ -166,13 +166,16 @@ class SyntheticParams:
     videos_train: int = 24
     videos_val: int = 8
     frames: int | None = None  # None: 12..24 frames per video
+    class_colours: bool = False  # objects in their class's colour family (as real categories have a typical
+    # appearance); False: random colours, so the class is the shape alone
 
     def num_videos(self, split: str) -> int:
         return self.videos_train if split == "train" else self.videos_val
 
 
 def scene_config(fmt: str, params: SyntheticParams) -> SceneConfig:
-    base = SceneConfig(height=params.height, width=params.width, num_frames=params.frames)
+    base = SceneConfig(height=params.height, width=params.width, num_frames=params.frames,
+                       class_colours=params.class_colours)
     return replace(base, **vocabulary(fmt).scene)
 
 
@@ -218,14 +221,18 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(fmt: str, params: SyntheticParams) -> str:
-    blob = json.dumps({"format": fmt, "v": GENERATOR_VERSION, **asdict(params)}, sort_keys=True)
+    fields = asdict(params)
+    if not params.class_colours:  # added later: leave the keys of the random-colour datasets unchanged
+        del fields["class_colours"]
+    blob = json.dumps({"format": fmt, "v": GENERATOR_VERSION, **fields}, sort_keys=True)
     return f"{fmt}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def ensure_synthetic(format: str, cache_dir: Path | str | None = None, **kw: Any) -> Path:
     """Root of the synthetic dataset of `format` for parameters `kw` (SyntheticParams fields: seed, height,
-    width, videos_train, videos_val, frames), generated on first use into `<cache_dir>/<format>-<hash>`
-    (cache_dir default: `default_cache_dir()`). Safe for concurrent callers (threads, processes, ranks):
+    width, videos_train, videos_val, frames, class_colours), generated on first use into
+    `<cache_dir>/<format>-<hash>` (cache_dir default: `default_cache_dir()`). Safe for concurrent callers (threads,
+    processes, ranks):
     each generates into its own temp folder and renames it into place; a loser of the race discards its
     copy and uses the winner's."""
     if format not in FORMATS:
@@ -261,9 +268,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--videos-val", type=int, default=8)
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default: 12..24; "
                         "cityscapes_vps always has its 6 annotated frames)")
+    parser.add_argument("--class-colours", action="store_true",
+                        help="objects in their class's colour family (default: random colours)")
     parser.add_argument("--overwrite", action="store_true", help="delete a non-empty output folder first")
     args = parser.parse_args(argv)
-    params = SyntheticParams(args.seed, args.height, args.width, args.videos_train, args.videos_val, args.frames)
+    params = SyntheticParams(args.seed, args.height, args.width, args.videos_train, args.videos_val, args.frames,
+                             args.class_colours)
     formats = FORMATS if args.format == "all" else (args.format,)
     start = time.perf_counter()
     for fmt in formats:

@@ -19,6 +19,12 @@ SHAPES: tuple[str, ...] = ("disc", "square", "triangle", "ring", "cross")
 STUFF: tuple[str, ...] = ("sky", "building", "vegetation", "road")  # top-to-bottom order of the bands
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MOTIONS = ("inside", "enter", "leave")
+# Colour family of each shape class for `SceneConfig.class_colours` (RGB; the texture's second tone is a darker
+# shade), chosen away from the stuff textures' sky blue, vegetation green, road grey and building brown.
+CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
+    "disc": (220, 40, 40), "square": (240, 140, 20), "triangle": (170, 40, 210), "ring": (240, 220, 40),
+    "cross": (30, 210, 200),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class SceneConfig:
     all_visible_at_start: bool = False  # DAVIS: every object visible (>= min_start_area px) in frame 0
     min_start_area: int = 30
     crowd: bool = False  # a crowd patch in every other video (index % 2 == 0)
+    class_colours: bool = False  # objects take their shape class's colour family (CLASS_COLOURS) with jitter
     void: bool = False  # a void patch in every other video (index % 2 == 1)
     fps: float = 6.0
 
@@ -199,6 +206,10 @@ def _sample_object(cfg: SceneConfig, rng: np.random.Generator, shape: str, num_f
     centres = start + velocity * t + rng.normal(0, 0.6, size=(num_frames, 2))
     angles = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.15, 0.15) * np.arange(num_frames)
     c1, c2 = rng.uniform(30, 255, size=3), rng.uniform(0, 225, size=3)
+    if cfg.class_colours:  # the class's colour family, jittered by the draws above (same RNG stream, same scene)
+        base = np.asarray(CLASS_COLOURS[shape], dtype=np.float64)
+        c1 = np.clip(base + 0.2 * (c1 - 142.5), 0, 255)
+        c2 = np.clip(0.55 * base + 0.2 * (c2 - 112.5), 0, 255)
     return _Object(shape, r, centres, angles, int(rng.integers(0, 4)), (c1, c2), motion)
 
 
