@@ -64,7 +64,8 @@ class ReferenceVISModel(nn.Module):
         self.class_head = nn.Linear(d, num_classes + 1)
         self.mask_embed = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, d))
 
-    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixel embeddings [B, T, d, h, w] at the mask stride and the decoder memory [B, T * h16 * w16, d]."""
         b, t = frames.shape[:2]
         x = frames.flatten(0, 1).float() / 127.5 - 1
         maps = []
@@ -79,8 +80,11 @@ class ReferenceVISModel(nn.Module):
         for level in range(2, self.first_level - 1, -1):
             up = F.interpolate(pixels, size=maps[level].shape[-2:], mode="nearest")
             pixels = up + self.lateral[level](maps[level])
-        pixels = self.pixel_head(pixels).unflatten(0, (b, t))
-        q = self.decoder(self.queries.weight.expand(b, -1, -1), memory)
+        return self.pixel_head(pixels).unflatten(0, (b, t)), memory
+
+    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        pixels, memory = self.encode(frames)
+        q = self.decoder(self.queries.weight.expand(frames.shape[0], -1, -1), memory)
         return self.class_head(q), torch.einsum("bqd,btdhw->bqthw", self.mask_embed(q), pixels)
 
 
