@@ -2,9 +2,12 @@
 
 Trains the backbone (and, for `--source mask`, the neck) of the default VIS recipe plus one linear layer on the
 features average-pooled under each ground-truth object mask (over the clip's frames), with cross-entropy on the
-object's class (= its shape; colours and textures are random). No queries, no matching: an upper bound on how
+object's class (= its shape). No queries, no matching: an upper bound on how
 fast the full model's class path can learn within its step budget. Prints the running accuracy (last 200
 objects) every 50 steps.
+
+The default VIS data is class-coloured (conf/data/synthetic_vis.yaml), where the colour gives the class away; the
+shape-only question that README's figures answer needs `-x data.datasets.syn_ytvis.synthetic.class_colours=false`.
 
     python scripts/shape_class_probe.py --source backbone8 --seconds 150
     python scripts/shape_class_probe.py --source mask --seconds 150
@@ -14,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
-from _timed_batches import batches_for
+from _timed_batches import batches_for, probe_data
 from vidseg.model.backbone import normalize_frames
-from vidseg.utils.run import build_datamodule, build_module
+from vidseg.utils.run import build_module
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 SOURCES = {"mask": None, "backbone4": 4, "backbone8": 8, "backbone16": 16}
 
 
@@ -46,12 +46,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("-x", "--override", action="append", default=[], help="Hydra override of the train config")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["task=vis", "paths.output_dir=/tmp", *args.override])
-    dm = build_datamodule(cfg, ["vis"])
-    dm.prepare_data()
+    cfg, dm = probe_data("vis", args.override)
     model = build_module(cfg, dm).model
     channels = model.d_model if args.source == "mask" else model.backbone.channels[
         model.backbone.strides.index(SOURCES[args.source])]

@@ -21,21 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
-from _timed_batches import batches_for
+from _timed_batches import batches_for, probe_data
 from vidseg.losses.masks import mask_losses
 from vidseg.losses.matching import HungarianMatcher, MatchTargets
 from vidseg.metrics.ytvis_ap import YTVISMeanAP
 from vidseg.tasks.vis import VISTask
-from vidseg.utils.run import build_datamodule
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def conv_stage(c_in: int, c_out: int) -> nn.Sequential:
@@ -95,13 +90,7 @@ def main() -> None:
     parser.add_argument("-x", "--override", action="append", default=[], help="Hydra override of the train config")
     parser.add_argument("--json", default=None, help="write {steps, AP, AP50, ...} here")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["task=vis", "paths.output_dir=/tmp", *args.override])
-    dm = build_datamodule(cfg, ["vis"])
-    dm.prepare_data()
-    dm.setup("fit")
+    _, dm = probe_data("vis", args.override)
     name = dm.val_names()[0]
     record = dm.val_records[name]
     net = ReferenceVISModel(len(record.categories), mask_stride=args.mask_stride)

@@ -21,15 +21,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch import Tensor
 
-from _timed_batches import batches_for
+from _timed_batches import batches_for, probe_data
 from vidseg.data.records import TrackPrediction, VideoPrediction
 from vidseg.inference.resize import logits_to_original, masks_to_rles
 from vidseg.metrics.jf import DavisJF
-from vidseg.utils.run import build_datamodule
-from vis_reference_model import CONF, ReferenceVISModel
+from vis_reference_model import ReferenceVISModel
 
 NUM_BACKGROUND = 4
 
@@ -68,13 +66,7 @@ def main() -> None:
     parser.add_argument("-x", "--override", action="append", default=[], help="Hydra override of the train config")
     parser.add_argument("--json", default=None, help="write {steps, J-Mean, F-Mean, J&F-Mean} here")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["task=vos", "~recipe", "paths.output_dir=/tmp", *args.override])
-    dm = build_datamodule(cfg, ["vos"])
-    dm.prepare_data()
-    dm.setup("fit")
+    _, dm = probe_data("vos", ["~recipe", *args.override])
     name = dm.val_names()[0]
     record = dm.val_records[name]
     net = ReferenceVOSModel(mask_stride=args.mask_stride)
