@@ -239,3 +239,34 @@ def test_vos_lost_object_is_revived_only_by_the_switch(monkeypatch, revive: bool
     back = [m is not None for m in obj1[42:]]
     assert all(back) if revive else not any(back)
     assert all(m is not None for m in pred.tracks[1].masks[20:])  # the other object is unaffected
+
+
+class _BackgroundOracle(OracleModel):
+    """A VOS network whose one object query says 'object' (logit +1) on the whole frame and whose background
+    query says 'background' with +4 on the left half of the frame and -2 on the right half (margins -3 / +3)."""
+
+    def encode(self, frames: torch.Tensor) -> SimpleNamespace:
+        idx = frames[0, :, 0, 0, 0].long()
+        return SimpleNamespace(idx=idx, mask_features=torch.zeros(1, len(idx), 1, H4, H4))
+
+
+@pytest.mark.parametrize("with_background", [True, False])
+def test_vos_labels_use_the_background_queries_only_when_asked(monkeypatch, with_background: bool) -> None:
+    half = torch.full((1, T, H4, H4), -2.0)
+    half[..., : H4 // 2] = 4.0
+    model = _BackgroundOracle({"background_vos": half, "vos": torch.ones(1, T, H4, H4)})
+    task = VOSTask(label_with_background=with_background)
+    monkeypatch.setattr(task, "build_queries", lambda *a, **k: SimpleNamespace(owners=[0]))
+    record = _record()
+    prompt = np.zeros(HW, dtype=np.uint8)
+    prompt[8:24, 8:24] = 1
+    record.annotations.append(FrameAnnotation(0, rles={1: mask_utils.encode(np.asfortranarray(prompt))},
+                                              track_ids=frozenset({1})))
+    record.prompts.append(Prompt(1, 0))
+    masks = task.predict_video(model, _frames(), record, "d").tracks[0].masks
+    expected = np.ones(HW, dtype=bool)
+    if with_background:  # argmax over (background, object): the object only where it beats the background
+        expected[:, : HW[1] // 2] = False
+    assert np.array_equal(mask_utils.decode(masks[0]).astype(bool), prompt.astype(bool))  # the prompt frame: GT
+    for t in (1, T // 2, T - 1):
+        assert np.array_equal(mask_utils.decode(masks[t]).astype(bool), expected), t

@@ -6,7 +6,9 @@ on the last shared (overlap) frame where it is visible. Objects prompted on late
 join the clip that contains their prompt; their logits before the prompt frame are −1000. An object invisible
 on every shared frame is lost; with `revive_lost` its last seen mask keeps being offered on the clip's first
 frame so it can come back. Clips with no object to track are skipped. Overlap logits are averaged; a frame's
-labels = argmax over objects where the max logit > 0, and an object's GT mask wins on its prompt frame.
+labels = argmax over objects where the max logit > 0, and an object's GT mask wins on its prompt frame. With the
+task's `label_with_background` (the default; TarViS leaves its background queries unused here, tarvis.md §12.3)
+the logits are margins over the background logit, so a pixel takes the argmax over background and objects.
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ def predict_objects(task: Any, model: Any, video: Any, record: VideoRecord) -> V
 
 def _clip_logits(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list, objs: list[TrackedObject],
                  device: torch.device) -> torch.Tensor:
-    """Object logits [N, t, h4, w4] of one clip for the chosen objects' reference masks / points."""
+    """Object logits [N, t, h4, w4] of one clip for the chosen objects' reference masks / points; with
+    `task.label_with_background`, each minus the clip's background logit (max over the background queries)."""
     feats = model.encode(clip_frames.unsqueeze(0).to(device))
     if tuple(feats.mask_features.shape[-2:]) != tuple(chosen[0][1].shape):
         raise AssertionError(f"mask features {tuple(feats.mask_features.shape[-2:])} are not on the mask grid "
@@ -157,7 +160,11 @@ def _clip_logits(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list,
         points = torch.stack([objs[k].point if p else torch.zeros(2) for k, _, _, p in chosen]).to(device)
     qs = task.build_queries(feats, [masks], [ref_frames], [points], is_point, task.q_eval, task.pix_eval)
     out = model.decode(feats, qs, getattr(qs, "query_adders", None))
-    return task.object_logits(out, -1, qs.owners, len(chosen))[0, 1:].float()
+    logits = task.object_logits(out, -1, qs.owners, len(chosen))[0].float()  # [1 + N, t, h, w], background first
+    if getattr(task, "label_with_background", False):
+        # margins over the background: `max > 0` then labels a pixel with the argmax over background and objects
+        return logits[1:] - logits[:1]
+    return logits[1:]
 
 
 def _finish_frame(f: int, avg: dict[int, torch.Tensor], objs: list[TrackedObject], up: Any) -> None:

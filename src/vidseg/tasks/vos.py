@@ -65,6 +65,7 @@ class VOSTask(Task):
         gvseg: Mapping[str, Any] | None = None,
         detach_pooling: bool = True,
         token_pool: int = 1,
+        label_with_background: bool = True,
     ) -> None:
         super().__init__()
         self.q_train, self.q_eval = queries_per_object, queries_per_object_eval
@@ -88,6 +89,9 @@ class VOSTask(Task):
         self.current_step = 0  # set by the LightningModule (global step) before each training forward
         # inference: clip length/overlap (TarViS DAVIS 12/6, BURST 8/4; None = whole video as one clip)
         self.clip_len, self.clip_overlap, self.revive_lost = clip_len, clip_overlap, revive_lost
+        # inference labels: argmax over background (max of the background queries) and objects (True, ours), or
+        # over objects where the max logit > 0 with the background queries unused (False, TarViS)
+        self.label_with_background = bool(label_with_background)
 
     def setup(self, model: Any, vocabularies: Mapping[str, list[Category]]) -> None:
         super().setup(model, vocabularies)
