@@ -85,3 +85,6 @@ def test_tiny_recipe_tweaks_apply_to_the_tiny_model_and_their_task_only(
     assert list(cfg.optim.milestones) == milestones
     assert cfg.optim.lr == (2e-3 if overrides == ["task=vss"] else 1e-3)
     assert {t: cfg.tasks[t].token_pool for t in cfg.tasks if "token_pool" in cfg.tasks[t]} == token_pool
+    # test-time flips only where the tiny recipe pools tokens (its VOS/PET inference), never in the paper recipes
+    assert {t: cfg.tasks[t].flip_tta for t in cfg.tasks if "flip_tta" in cfg.tasks[t]} == {
+        t: pool == 2 for t, pool in token_pool.items()}

@@ -179,7 +179,7 @@ def chosen_task(cfg: DictConfig) -> str | None:
 
 def apply_clip_overrides(task: Any, cfg: DictConfig) -> None:
     """clip_len/clip_overlap from the command line (0 = the whole video as one clip; null = the task's), and the
-    VOS/PET inference switches revive_lost and label_with_background."""
+    VOS/PET inference switches revive_lost, label_with_background and flip_tta."""
     if cfg.get("clip_len") is not None:
         task.clip_len = int(cfg.clip_len) or None
         task.clip_overlap = 0
@@ -187,8 +187,9 @@ def apply_clip_overrides(task: Any, cfg: DictConfig) -> None:
         task.clip_overlap = int(cfg.clip_overlap)
     if cfg.get("revive_lost") is not None and hasattr(task, "revive_lost"):
         task.revive_lost = bool(cfg.revive_lost)
-    if cfg.get("label_with_background") is not None and hasattr(task, "label_with_background"):
-        task.label_with_background = bool(cfg.label_with_background)
+    for switch in ("label_with_background", "flip_tta"):
+        if cfg.get(switch) is not None and hasattr(task, switch):
+            setattr(task, switch, bool(cfg[switch]))
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")

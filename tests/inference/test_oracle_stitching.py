@@ -270,3 +270,68 @@ def test_vos_labels_use_the_background_queries_only_when_asked(monkeypatch, with
     assert np.array_equal(mask_utils.decode(masks[0]).astype(bool), prompt.astype(bool))  # the prompt frame: GT
     for t in (1, T // 2, T - 1):
         assert np.array_equal(mask_utils.decode(masks[t]).astype(bool), expected), t
+
+
+class _MirrorProbe(nn.Module):
+    """object logit = 4·prompt + 4·bright − 6 (the object where the prompt meets bright pixels; `biased`: +4 on
+    the left half of the input and −4 on the right, whatever the input); background logit 0. Records whether
+    each pass saw the bright stripe mirrored."""
+
+    def __init__(self, biased: bool = False) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.biased, self.mirrored = biased, []
+
+    def encode(self, frames: torch.Tensor) -> SimpleNamespace:
+        bright = frames[0, :, 0].float() > 128  # [t, H, W]
+        self.mirrored.append(bool(bright[0, :, -1].any()))
+        grid = torch.nn.functional.avg_pool2d(bright.float()[:, None], 4)[:, 0] > 0.5
+        return SimpleNamespace(mask_features=torch.zeros(1, len(bright), 1, H4, H4), bright=grid)
+
+    def decode(self, feats: SimpleNamespace, queries: SimpleNamespace, adders=None) -> SimpleNamespace:
+        t = feats.bright.shape[0]
+        if self.biased:
+            obj = torch.full((t, H4, H4), -4.0)
+            obj[..., : H4 // 2] = 4.0
+        else:
+            obj = 4.0 * queries.prompt.float()[None] + 4.0 * feats.bright.float() - 6.0
+        outs = {"vos": SimpleNamespace(mask_logits=obj[None, None]),
+                "background_vos": SimpleNamespace(mask_logits=torch.zeros(1, 1, t, H4, H4))}
+        return SimpleNamespace(group=lambda name, layer=-1: outs[name])
+
+
+def _mirror_case(monkeypatch, model: _MirrorProbe, flip_tta: bool) -> list:
+    frames = torch.zeros(T, 3, *HW, dtype=torch.uint8)
+    frames[..., :16] = 255  # a bright stripe on the left
+    task = VOSTask(flip_tta=flip_tta)
+    monkeypatch.setattr(task, "build_queries", lambda feats, masks, *a: SimpleNamespace(owners=[0], prompt=masks[0][0]))
+    record = _record()
+    prompt = np.zeros(HW, dtype=np.uint8)
+    prompt[:, 8:40] = 1
+    record.annotations.append(FrameAnnotation(0, rles={1: mask_utils.encode(np.asfortranarray(prompt))},
+                                              track_ids=frozenset({1})))
+    record.prompts.append(Prompt(1, 0))
+    pred = task.predict_video(model, TensorFrames(frames, HW, HW), record, "d")
+    return pred.tracks[0].masks
+
+
+@pytest.mark.parametrize("flip_tta", [False, True])
+def test_vos_flip_tta_mirrors_frames_prompts_and_logits_back(monkeypatch, flip_tta: bool) -> None:
+    model = _MirrorProbe()
+    masks = _mirror_case(monkeypatch, model, flip_tta)
+    expected = np.zeros(HW, dtype=bool)
+    expected[:, 8:16] = True  # prompt ∩ bright, in the original frame's coordinates
+    for t in (1, T - 1):
+        assert np.array_equal(mask_utils.decode(masks[t]).astype(bool), expected), t
+    assert model.mirrored == ([False, True] if flip_tta else [False])  # one clip: one pass, or one plus its mirror
+
+
+def test_vos_flip_tta_averages_the_two_passes(monkeypatch) -> None:
+    """A network biased to the input's left half: alone it predicts the left half; averaged with its mirrored
+    pass the bias cancels (logit 0 everywhere, so no pixel is labelled)."""
+    plain = _mirror_case(monkeypatch, _MirrorProbe(biased=True), flip_tta=False)
+    left = np.zeros(HW, dtype=bool)
+    left[:, : HW[1] // 2] = True
+    assert np.array_equal(mask_utils.decode(plain[1]).astype(bool), left)
+    averaged = _mirror_case(monkeypatch, _MirrorProbe(biased=True), flip_tta=True)
+    assert all(m is None for m in averaged[1:])

@@ -9,6 +9,7 @@ frame so it can come back. Clips with no object to track are skipped. Overlap lo
 labels = argmax over objects where the max logit > 0, and an object's GT mask wins on its prompt frame. With the
 task's `label_with_background` (the default; TarViS leaves its background queries unused here, tarvis.md §12.3)
 the logits are margins over the background logit, so a pixel takes the argmax over background and objects.
+With `flip_tta` each clip's logits are the mean of the clip's and its mirror image's (test-time augmentation).
 """
 
 from __future__ import annotations
@@ -147,8 +148,23 @@ def predict_objects(task: Any, model: Any, video: Any, record: VideoRecord) -> V
 def _clip_logits(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list, objs: list[TrackedObject],
                  device: torch.device) -> torch.Tensor:
     """Object logits [N, t, h4, w4] of one clip for the chosen objects' reference masks / points; with
-    `task.label_with_background`, each minus the clip's background logit (max over the background queries)."""
-    feats = model.encode(clip_frames.unsqueeze(0).to(device))
+    `task.label_with_background`, each minus the clip's background logit (max over the background queries);
+    with `task.flip_tta`, averaged with the pass over the mirrored clip (frames, prompt masks and points)."""
+    logits = _clip_pass(task, model, clip_frames, chosen, objs, device, mirror=False)
+    if getattr(task, "flip_tta", False):
+        logits = (logits + _clip_pass(task, model, clip_frames, chosen, objs, device, mirror=True)) / 2
+    if getattr(task, "label_with_background", False):
+        # margins over the background: `max > 0` then labels a pixel with the argmax over background and objects
+        return logits[1:] - logits[:1]
+    return logits[1:]
+
+
+def _clip_pass(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list, objs: list[TrackedObject],
+               device: torch.device, mirror: bool) -> torch.Tensor:
+    """[1 + N, t, h4, w4] logits (background first) of one forward pass; `mirror`: over the left-right mirrored
+    padded clip, mapped back (the mirror is exact on the padded grid, padding then sits on the left)."""
+    frames = clip_frames.flip(-1) if mirror else clip_frames
+    feats = model.encode(frames.unsqueeze(0).to(device))
     if tuple(feats.mask_features.shape[-2:]) != tuple(chosen[0][1].shape):
         raise AssertionError(f"mask features {tuple(feats.mask_features.shape[-2:])} are not on the mask grid "
                              f"{tuple(chosen[0][1].shape)} of the padded frames")
@@ -158,13 +174,14 @@ def _clip_logits(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list,
     points = None
     if any(is_point):
         points = torch.stack([objs[k].point if p else torch.zeros(2) for k, _, _, p in chosen]).to(device)
+        if mirror:  # (x, y) in [0, 1] of the padded frame
+            points = torch.stack([1 - points[:, 0], points[:, 1]], -1)
+    if mirror:
+        masks = masks.flip(-1)
     qs = task.build_queries(feats, [masks], [ref_frames], [points], is_point, task.q_eval, task.pix_eval)
     out = model.decode(feats, qs, getattr(qs, "query_adders", None))
-    logits = task.object_logits(out, -1, qs.owners, len(chosen))[0].float()  # [1 + N, t, h, w], background first
-    if getattr(task, "label_with_background", False):
-        # margins over the background: `max > 0` then labels a pixel with the argmax over background and objects
-        return logits[1:] - logits[:1]
-    return logits[1:]
+    logits = task.object_logits(out, -1, qs.owners, len(chosen))[0].float()
+    return logits.flip(-1) if mirror else logits
 
 
 def _finish_frame(f: int, avg: dict[int, torch.Tensor], objs: list[TrackedObject], up: Any) -> None:

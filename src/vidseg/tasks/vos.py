@@ -66,6 +66,7 @@ class VOSTask(Task):
         detach_pooling: bool = True,
         token_pool: int = 1,
         label_with_background: bool = True,
+        flip_tta: bool = False,
     ) -> None:
         super().__init__()
         self.q_train, self.q_eval = queries_per_object, queries_per_object_eval
@@ -92,6 +93,7 @@ class VOSTask(Task):
         # inference labels: argmax over background (max of the background queries) and objects (True, ours), or
         # over objects where the max logit > 0 with the background queries unused (False, TarViS)
         self.label_with_background = bool(label_with_background)
+        self.flip_tta = bool(flip_tta)  # inference: average each clip's logits with its mirror image's (ours)
 
     def setup(self, model: Any, vocabularies: Mapping[str, list[Category]]) -> None:
         super().setup(model, vocabularies)
