@@ -15,6 +15,7 @@ from torch import nn
 from vidseg.data.records import Category, FrameAnnotation, FrameSource, Prompt, VideoRecord
 from vidseg.inference import vos_stream
 from vidseg.inference.stream import TensorFrames, clip_starts
+from vidseg.tasks.pet import PETTask
 from vidseg.tasks.vis import VISTask
 from vidseg.tasks.vos import VOSTask
 from vidseg.tasks.vps import VPSTask
@@ -335,3 +336,38 @@ def test_vos_flip_tta_averages_the_two_passes(monkeypatch) -> None:
     assert np.array_equal(mask_utils.decode(plain[1]).astype(bool), left)
     averaged = _mirror_case(monkeypatch, _MirrorProbe(biased=True), flip_tta=True)
     assert all(m is None for m in averaged[1:])
+
+
+class _PointProbe(_MirrorProbe):
+    """object logit +4 within 2 cells of the query's point (in the input's coordinates), −4 elsewhere."""
+
+    def decode(self, feats: SimpleNamespace, queries: SimpleNamespace, adders=None) -> SimpleNamespace:
+        t = feats.bright.shape[0]
+        yy, xx = torch.meshgrid(torch.arange(H4), torch.arange(H4), indexing="ij")
+        px, py = float(queries.point[0]) * H4, float(queries.point[1]) * H4
+        disc = ((xx + 0.5 - px) ** 2 + (yy + 0.5 - py) ** 2) <= 4.0
+        obj = torch.where(disc, 4.0, -4.0)[None].expand(t, H4, H4)
+        outs = {"vos": SimpleNamespace(mask_logits=obj[None, None]),
+                "background_vos": SimpleNamespace(mask_logits=torch.zeros(1, 1, t, H4, H4))}
+        return SimpleNamespace(group=lambda name, layer=-1: outs[name])
+
+
+@pytest.mark.parametrize("flip_tta", [False, True])
+def test_pet_flip_tta_mirrors_the_point(monkeypatch, flip_tta: bool) -> None:
+    """A point prompt left of the centre: the mirrored pass must get the mirrored point, so both passes put the
+    object at the same place (a wrong point would average it away)."""
+    task = PETTask(flip_tta=flip_tta)
+    monkeypatch.setattr(task, "build_queries", lambda feats, masks, frames, points, *a: SimpleNamespace(
+        owners=[0], point=points[0][0]))
+    record = _record()
+    prompt = np.zeros(HW, dtype=np.uint8)
+    prompt[20:29, 8:17] = 1  # distance-transform peak (12, 24): cell (3, 6) of the 16x16 grid
+    record.annotations.append(FrameAnnotation(0, rles={1: mask_utils.encode(np.asfortranarray(prompt))},
+                                              track_ids=frozenset({1})))
+    record.prompts.append(Prompt(1, 0))
+    frames = torch.zeros(T, 3, *HW, dtype=torch.uint8)
+    masks = task.predict_video(_PointProbe(), TensorFrames(frames, HW, HW), record, "d").tracks[0].masks
+    found = mask_utils.decode(masks[1]).astype(bool)
+    ys, xs = np.nonzero(found)
+    assert found.sum() > 0 and xs.max() < HW[1] // 2  # the disc around the point, on the left
+    assert abs(xs.mean() - 12.5) < 2 and abs(ys.mean() - 24.5) < 2
