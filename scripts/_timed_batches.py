@@ -1,8 +1,10 @@
-"""Shared by the scratch training probes in scripts/: the task's training data composed from conf/train.yaml, and
-training batches for a fixed wall-clock budget."""
+"""Shared by the scratch training probes in scripts/: the task's training data composed from conf/train.yaml,
+training batches for a fixed wall-clock budget, and the reference models' command line and report."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,3 +42,21 @@ def batches_for(datamodule: Any, seconds: float) -> Iterator[Any]:
             loader = iter(datamodule.train_dataloader())
             continue
         yield batch
+
+
+def reference_args(doc: str | None, json_help: str) -> argparse.Namespace:
+    """Command line of the reference-model scripts: --seconds, --mask-stride, -x/--override, --json."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=240.0)
+    parser.add_argument("--mask-stride", type=int, choices=(2, 4), default=4)
+    parser.add_argument("-x", "--override", action="append", default=[], help="Hydra override of the train config")
+    parser.add_argument("--json", default=None, help=json_help)
+    return parser.parse_args()
+
+
+def report(result: dict[str, Any], json_path: str | None) -> None:
+    """Print `result` as one JSON line and, with a path, also write it there."""
+    print(json.dumps(result))
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)

@@ -18,15 +18,13 @@ and an MLP mask embedding dotted with the pixel embeddings. Loss: the task's Hun
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from _timed_batches import batches_for, probe_data
+from _timed_batches import batches_for, probe_data, reference_args, report
 from vidseg.losses.masks import mask_losses
 from vidseg.losses.matching import HungarianMatcher, MatchTargets
 from vidseg.metrics.ytvis_ap import YTVISMeanAP
@@ -84,12 +82,7 @@ class ReferenceVISModel(nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=240.0)
-    parser.add_argument("--mask-stride", type=int, choices=(2, 4), default=4)
-    parser.add_argument("-x", "--override", action="append", default=[], help="Hydra override of the train config")
-    parser.add_argument("--json", default=None, help="write {steps, AP, AP50, ...} here")
-    args = parser.parse_args()
+    args = reference_args(__doc__, "write {steps, AP, AP50, ...} here")
     _, dm = probe_data("vis", args.override)
     name = dm.val_names()[0]
     record = dm.val_records[name]
@@ -136,10 +129,7 @@ def main() -> None:
         metric.update(task.predict_video(net, video, gt, name), gt)
     scores = {k: round(float(v), 4) for k, v in metric.compute().items() if k in ("AP", "AP50", "AP75", "AR10")}
     result = {"steps": steps, "seconds": args.seconds, **scores}
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,13 @@ over [background (max of the background queries), objects] with softmax cross-en
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from _timed_batches import batches_for, probe_data
+from _timed_batches import batches_for, probe_data, reference_args, report
 from vidseg.data.records import TrackPrediction, VideoPrediction
 from vidseg.inference.resize import logits_to_original, masks_to_rles
 from vidseg.metrics.jf import DavisJF
@@ -60,12 +58,7 @@ def clip_targets(masks: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=240.0)
-    parser.add_argument("--mask-stride", type=int, choices=(2, 4), default=4)
-    parser.add_argument("-x", "--override", action="append", default=[], help="Hydra override of the train config")
-    parser.add_argument("--json", default=None, help="write {steps, J-Mean, F-Mean, J&F-Mean} here")
-    args = parser.parse_args()
+    args = reference_args(__doc__, "write {steps, J-Mean, F-Mean, J&F-Mean} here")
     _, dm = probe_data("vos", ["~recipe", *args.override])
     name = dm.val_names()[0]
     record = dm.val_records[name]
@@ -110,10 +103,7 @@ def main() -> None:
         metric.update(VideoPrediction(gt.video_id, gt.height, gt.width, gt.frames.names, tracks), gt)
     scores = {k: round(float(v), 4) for k, v in metric.compute().items() if k in ("J-Mean", "F-Mean", "J&F-Mean")}
     result = {"steps": steps, "seconds": args.seconds, **scores}
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    report(result, args.json)
 
 
 if __name__ == "__main__":
