@@ -346,3 +346,21 @@ def test_class_colours_cache_keys():
     assert syn.cache_key("ytvis", plain) == "ytvis-2485d4232a27"  # the key before the option existed
     coloured = syn.SyntheticParams(videos_train=160, videos_val=32, class_colours=True)
     assert syn.cache_key("ytvis", coloured) != syn.cache_key("ytvis", plain)
+
+
+def test_object_counts_set_the_objects_per_video_and_key_the_cache():
+    """`object_counts` gives the relative frequencies of 1, 2, ... objects per video (DAVIS format: all of them
+    visible in frame 0); None keeps the uniform 1-5 and the cache keys made before the option existed."""
+    plain = syn.SyntheticParams(videos_train=160, videos_val=32)
+    assert syn.cache_key("davis", plain) == "davis-44c726fb789a"  # the key before the option existed
+    hist = syn.SyntheticParams(videos_train=60, videos_val=2, object_counts=[1, 0, 1])  # a list, as from Hydra
+    assert hist.object_counts == (1.0, 0.0, 1.0)
+    assert syn.cache_key("davis", hist) != syn.cache_key("davis", syn.SyntheticParams(videos_train=60, videos_val=2))
+    counts = [len(v.track_categories) for v in syn.make_split("davis", "train", hist)]
+    assert set(counts) == {1, 3}, counts
+    assert 15 <= counts.count(1) <= 45
+    default = [len(v.track_categories) for v in syn.make_split("davis", "train", syn.SyntheticParams(videos_train=60))]
+    assert set(default) == {1, 2, 3, 4, 5}
+    for bad in ([], [0, 0], [1, -1]):
+        with pytest.raises(ValueError, match="object_counts"):
+            syn.SyntheticParams(object_counts=bad)

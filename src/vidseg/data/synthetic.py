@@ -168,6 +168,15 @@ class SyntheticParams:
     frames: int | None = None  # None: 12..24 frames per video
     class_colours: bool = False  # objects in their class's colour family (as real categories have a typical
     # appearance); False: random colours, so the class is the shape alone
+    # relative frequencies of 1, 2, ..., K objects per video; None: uniform over 1..5 (the scene default)
+    object_counts: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.object_counts is not None:  # Hydra passes a ListConfig; the cache key needs plain floats
+            counts = tuple(float(c) for c in self.object_counts)
+            if not counts or min(counts) < 0 or sum(counts) <= 0:
+                raise ValueError(f"synthetic object_counts must be non-negative with a positive sum, got {counts}")
+            object.__setattr__(self, "object_counts", counts)
 
     def num_videos(self, split: str) -> int:
         return self.videos_train if split == "train" else self.videos_val
@@ -176,6 +185,8 @@ class SyntheticParams:
 def scene_config(fmt: str, params: SyntheticParams) -> SceneConfig:
     base = SceneConfig(height=params.height, width=params.width, num_frames=params.frames,
                        class_colours=params.class_colours)
+    if params.object_counts is not None:
+        base = replace(base, object_count_weights=params.object_counts)
     return replace(base, **vocabulary(fmt).scene)
 
 
@@ -224,13 +235,15 @@ def cache_key(fmt: str, params: SyntheticParams) -> str:
     fields = asdict(params)
     if not params.class_colours:  # added later: leave the keys of the random-colour datasets unchanged
         del fields["class_colours"]
+    if params.object_counts is None:  # likewise
+        del fields["object_counts"]
     blob = json.dumps({"format": fmt, "v": GENERATOR_VERSION, **fields}, sort_keys=True)
     return f"{fmt}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def ensure_synthetic(format: str, cache_dir: Path | str | None = None, **kw: Any) -> Path:
     """Root of the synthetic dataset of `format` for parameters `kw` (SyntheticParams fields: seed, height,
-    width, videos_train, videos_val, frames, class_colours), generated on first use into
+    width, videos_train, videos_val, frames, class_colours, object_counts), generated on first use into
     `<cache_dir>/<format>-<hash>` (cache_dir default: `default_cache_dir()`). Safe for concurrent callers (threads,
     processes, ranks):
     each generates into its own temp folder and renames it into place; a loser of the race discards its
@@ -270,10 +283,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "cityscapes_vps always has its 6 annotated frames)")
     parser.add_argument("--class-colours", action="store_true",
                         help="objects in their class's colour family (default: random colours)")
+    parser.add_argument("--object-counts", type=float, nargs="+", default=None,
+                        help="relative frequencies of 1, 2, ... objects per video (default: uniform over 1..5)")
     parser.add_argument("--overwrite", action="store_true", help="delete a non-empty output folder first")
     args = parser.parse_args(argv)
     params = SyntheticParams(args.seed, args.height, args.width, args.videos_train, args.videos_val, args.frames,
-                             args.class_colours)
+                             args.class_colours, args.object_counts)
     formats = FORMATS if args.format == "all" else (args.format,)
     start = time.perf_counter()
     for fmt in formats:

@@ -1,11 +1,11 @@
 """Moving-shapes scenes for the synthetic datasets (format independent; `synthetic.py` maps them to labels).
 
 A scene is a textured background of 2-4 horizontal stuff bands (sky / building / vegetation / road, in that
-top-to-bottom order, wavy boundaries, one texture family each), 1-5 textured objects of five shape classes
-moving with constant velocity plus jitter (some enter or leave the frame), drawn back to front so nearer
-objects occlude farther ones, and optionally a static crowd patch (a cluster of small blobs of a thing
-class without identity) and a void patch (unlabelled region). Everything is drawn from a numpy Generator
-seeded by (seed, split, index): the same arguments give byte-identical arrays.
+top-to-bottom order, wavy boundaries, one texture family each), 1-5 textured objects (uniformly, or from a
+given histogram of counts) of five shape classes moving with constant velocity plus jitter (some enter or leave
+the frame), drawn back to front so nearer objects occlude farther ones, and optionally a static crowd patch (a
+cluster of small blobs of a thing class without identity) and a void patch (unlabelled region). Everything is
+drawn from a numpy Generator seeded by (seed, split, index): the same arguments give byte-identical arrays.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class SceneConfig:
     max_frames: int = 24
     min_objects: int = 1
     max_objects: int = 5
+    object_count_weights: tuple[float, ...] | None = None  # P(1, 2, ..., K objects) ∝ these; None: uniform min..max
     min_stuff: int = 2
     max_stuff: int = 4
     all_visible_at_start: bool = False  # DAVIS: every object visible (>= min_start_area px) in frame 0
@@ -244,7 +245,11 @@ def make_scene(
     background[crowd] = rng.uniform(150, 230, size=3)
     background[void] = np.array([128.0, 128.0, 128.0]) + rng.normal(0, 20, size=(int(void.sum()), 3))
 
-    n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    if cfg.object_count_weights is None:
+        n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    else:
+        weights = np.asarray(cfg.object_count_weights, dtype=np.float64)
+        n_obj = 1 + int(rng.choice(len(weights), p=weights / weights.sum()))
     shapes = [SHAPES[index % len(SHAPES)]] + [SHAPES[int(k)] for k in rng.integers(0, len(SHAPES), n_obj - 1)]
     for _attempt in range(100):
         objects = [_sample_object(cfg, rng, s, num_frames) for s in shapes]
