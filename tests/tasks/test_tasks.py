@@ -213,3 +213,19 @@ class QueryGroupFactory:
 
     def group(self, name: str, content: torch.Tensor) -> QueryGroup:
         return QueryGroup(name, content[0], torch.zeros(content.shape[-1]))
+
+
+def test_pet_prompts_every_object_with_a_point_unless_its_training_mix_says_otherwise() -> None:
+    """PET's default is all points; `point_prob` < 1 prompts the rest of the training objects with their masks
+    (the same per-step draw as VOS), never at inference; 0 or above 1 is refused, naming the option."""
+    from vidseg.tasks.pet import PETTask
+
+    assert all(PETTask().point_objects(step, 6) == [True] * 6 for step in range(5))
+    mixed = PETTask(point_prob=0.5)
+    draws = [x for step in range(40) for x in mixed.point_objects(step, 6)]
+    assert 0.3 < sum(draws) / len(draws) < 0.7
+    assert mixed.point_objects(7, 6) == mixed.point_objects(7, 6)
+    assert mixed.eval_point_objects([object()] * 3) == [True] * 3
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="tasks.pet.point_prob"):
+            PETTask(point_prob=bad)

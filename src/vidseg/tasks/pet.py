@@ -16,13 +16,15 @@ from vidseg.tasks.vos import VOSTask
 
 
 class PETTask(VOSTask):
-    """Every object is a point object, in training and at inference."""
+    """Every object is a point object at inference; in training with probability `point_prob` (default 1: all;
+    below 1 the rest are prompted with their masks, as VOS objects, sharing the object encoder and decoder)."""
 
     name = "pet"
 
-    def __init__(self, **vos_kwargs: Any) -> None:
-        vos_kwargs["point_prob"] = 1.0
-        super().__init__(**vos_kwargs)
+    def __init__(self, point_prob: float = 1.0, **vos_kwargs: Any) -> None:
+        if not 0.0 < point_prob <= 1.0:
+            raise ValueError(f"tasks.pet.point_prob must be in (0, 1], got {point_prob}")
+        super().__init__(point_prob=point_prob, **vos_kwargs)
 
     def eval_point_objects(self, prompts: list) -> list[bool]:
         """Every object is a point object (mask-only prompts get their mask's distance-transform peak)."""
