@@ -88,3 +88,6 @@ def test_tiny_recipe_tweaks_apply_to_the_tiny_model_and_their_task_only(
     # test-time flips only where the tiny recipe pools tokens (its VOS/PET inference), never in the paper recipes
     assert {t: cfg.tasks[t].flip_tta for t in cfg.tasks if "flip_tta" in cfg.tasks[t]} == {
         t: pool == 2 for t, pool in token_pool.items()}
+    # the tiny VOS recipe trains on mask prompts only; the paper recipes keep TarViS' PET objects (p = 0.3)
+    if "vos" in cfg.tasks:
+        assert cfg.tasks.vos.point_prob == (0.0 if token_pool["vos"] == 2 else 0.3)
