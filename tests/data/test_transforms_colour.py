@@ -12,8 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vidseg.data.clip_dataset import ClipDataset, rle_boxes
+from vidseg.data.collate import collate_clips
 from vidseg.data.formats import get_format
-from vidseg.data.records import PAD_VALUE, Batch, ClipSample, FrameAnnotation, collate_clips
+from vidseg.data.records import PAD_VALUE, Batch, ClipSample, FrameAnnotation
 from vidseg.data.sampling import InstanceClipSampler
 from vidseg.data.synthetic import ensure_synthetic
 from vidseg.data.transforms import ClipTransform, colour_matrix, mask_boxes

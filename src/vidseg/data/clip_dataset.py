@@ -28,6 +28,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from vidseg.data.collate import collate_clips
 from vidseg.data.records import (
     IGNORE_LABEL,
     AnnotationFormatError,
@@ -40,7 +41,6 @@ from vidseg.data.records import (
     FrameLabels,
     FrameSource,
     VideoRecord,
-    collate_clips,
 )
 from vidseg.data.sampling import ClipSampler
 from vidseg.data.transforms import ClipTransform
@@ -162,7 +162,7 @@ class ClipDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def collate(self, samples: Sequence[ClipSample]) -> Batch:
-        """Batch clips of this dataset (`records.collate_clips` with this dataset's task)."""
+        """Batch clips of this dataset (`collate.collate_clips` with this dataset's task)."""
         return collate_clips(samples, self.task)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
+from vidseg.data.collate import collate_clips
 from vidseg.data.formats import get_format
-from vidseg.data.records import Batch, ClipSample, DatasetRecord, VideoRecord, collate_clips
+from vidseg.data.records import Batch, ClipSample, DatasetRecord, VideoRecord
 
 log = logging.getLogger(__name__)
 

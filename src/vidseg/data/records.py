@@ -15,7 +15,7 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -348,60 +348,3 @@ class Batch:
 
 
 PAD_VALUE = 128  # frame padding (TarViS pads with 128 on the 0-255 scale)
-
-
-def _pad_to(x: torch.Tensor, h: int, w: int, value: float | bool) -> torch.Tensor:
-    ph, pw = h - x.shape[-2], w - x.shape[-1]
-    if ph == 0 and pw == 0:
-        return x
-    out = x.new_full((*x.shape[:-2], h, w), value)
-    out[..., : x.shape[-2], : x.shape[-1]] = x
-    return out
-
-
-def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
-    """Pad clips bottom/right to the largest H, W of the batch (frames with PAD_VALUE, masks False,
-    semantic IGNORE_LABEL, pad_mask False) and stack frames and colour maps (identity for a clip without one;
-    None when no clip has one); targets stay per sample (their N differ)."""
-    if not samples:
-        raise ClipSamplingError("collate_clips: empty list of samples")
-    datasets = {s.dataset for s in samples}
-    if len(datasets) != 1:
-        raise ClipSamplingError(f"collate_clips: one dataset per batch expected, got {sorted(datasets)}")
-    lengths = {s.frames.shape[0] for s in samples}
-    if len(lengths) != 1:
-        raise ClipSamplingError(f"collate_clips: clips of different lengths {sorted(lengths)} in one batch")
-    h = max(s.frames.shape[-2] for s in samples)
-    w = max(s.frames.shape[-1] for s in samples)
-    padded = []
-    for s in samples:
-        if s.frames.shape[-2:] != (h, w):
-            s = ClipSample(
-                frames=_pad_to(s.frames, h, w, PAD_VALUE),
-                masks=_pad_to(s.masks, h, w, False),
-                track_ids=s.track_ids,
-                class_ids=s.class_ids,
-                pad_mask=_pad_to(s.pad_mask, h, w, False),
-                semantic=None if s.semantic is None else _pad_to(s.semantic, h, w, IGNORE_LABEL),
-                points=s.points,
-                prompt_frames=s.prompt_frames,
-                iscrowd=s.iscrowd,
-                video_id=s.video_id,
-                dataset=s.dataset,
-                frame_indices=s.frame_indices,
-                orig_size=s.orig_size,
-                colour=s.colour,
-            )
-        padded.append(s)
-    colour = None
-    if any(s.colour is not None for s in padded):  # clips without a colour map get the identity
-        identity = torch.eye(3, 4, dtype=torch.float32)
-        colour = torch.stack([identity if s.colour is None else s.colour.to(torch.float32) for s in padded])
-    return Batch(
-        task=task,
-        dataset=padded[0].dataset,
-        frames=torch.stack([s.frames for s in padded]),
-        pad_mask=torch.stack([s.pad_mask for s in padded]),
-        samples=padded,
-        colour=colour,
-    )

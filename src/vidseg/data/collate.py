@@ -1,0 +1,100 @@
+"""Batching training clips: pad to the batch's largest frame, stack, and hand over to the main process cheaply.
+
+Inside a DataLoader worker the stacked frames and pad masks are allocated in shared memory (as torch's
+`default_collate` does), and each sample's `frames` / `pad_mask` become views of them, so the hand-over to the
+main process moves every pixel once: before, the batch tensor and the per-sample tensors were each copied into
+shared memory when the worker pickled the batch (8.6 MB per 480p 3-frame clip instead of 4.8 MB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from torch.utils.data import get_worker_info
+
+from vidseg.data.records import IGNORE_LABEL, PAD_VALUE, Batch, ClipSample, ClipSamplingError
+
+__all__ = ["collate_clips", "stack_for_handover"]
+
+
+def _pad_to(x: torch.Tensor, h: int, w: int, value: float | bool) -> torch.Tensor:
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    if ph == 0 and pw == 0:
+        return x
+    out = x.new_full((*x.shape[:-2], h, w), value)
+    out[..., : x.shape[-2], : x.shape[-1]] = x
+    return out
+
+
+def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
+    """Pad clips bottom/right to the largest H, W of the batch (frames with PAD_VALUE, masks False,
+    semantic IGNORE_LABEL, pad_mask False) and stack frames and colour maps (identity for a clip without one;
+    None when no clip has one); targets stay per sample (their N differ)."""
+    if not samples:
+        raise ClipSamplingError("collate_clips: empty list of samples")
+    datasets = {s.dataset for s in samples}
+    if len(datasets) != 1:
+        raise ClipSamplingError(f"collate_clips: one dataset per batch expected, got {sorted(datasets)}")
+    lengths = {s.frames.shape[0] for s in samples}
+    if len(lengths) != 1:
+        raise ClipSamplingError(f"collate_clips: clips of different lengths {sorted(lengths)} in one batch")
+    h = max(s.frames.shape[-2] for s in samples)
+    w = max(s.frames.shape[-1] for s in samples)
+    padded = []
+    for s in samples:
+        if s.frames.shape[-2:] != (h, w):
+            s = ClipSample(
+                frames=_pad_to(s.frames, h, w, PAD_VALUE),
+                masks=_pad_to(s.masks, h, w, False),
+                track_ids=s.track_ids,
+                class_ids=s.class_ids,
+                pad_mask=_pad_to(s.pad_mask, h, w, False),
+                semantic=None if s.semantic is None else _pad_to(s.semantic, h, w, IGNORE_LABEL),
+                points=s.points,
+                prompt_frames=s.prompt_frames,
+                iscrowd=s.iscrowd,
+                video_id=s.video_id,
+                dataset=s.dataset,
+                frame_indices=s.frame_indices,
+                orig_size=s.orig_size,
+                colour=s.colour,
+            )
+        padded.append(s)
+    colour = None
+    if any(s.colour is not None for s in padded):  # clips without a colour map get the identity
+        identity = torch.eye(3, 4, dtype=torch.float32)
+        colour = torch.stack([identity if s.colour is None else s.colour.to(torch.float32) for s in padded])
+    frames = stack_for_handover([s.frames for s in padded])
+    pad_mask = stack_for_handover([s.pad_mask for s in padded])
+    samples = [replace(s, frames=frames[i], pad_mask=pad_mask[i]) for i, s in enumerate(padded)]
+    return Batch(task=task, dataset=padded[0].dataset, frames=frames, pad_mask=pad_mask, samples=samples,
+                 colour=colour)
+
+
+def stack_for_handover(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack(tensors)`, keeping the memory layout of dense inputs of one layout (decoded frames are HWC
+    memory viewed as CHW: a contiguous stack would be a strided copy, twice the cost of a plain copy at 480p); in a
+    DataLoader worker the result is allocated in shared memory, so pickling it for the main process does not copy
+    it again."""
+    first, n = tensors[0], len(tensors)
+    same = all(t.shape == first.shape and t.stride() == first.stride() and _dense(t) for t in tensors)
+    shared = get_worker_info() is not None
+    if not same and not shared:
+        return torch.stack(list(tensors))
+    size, numel = (n, *first.shape), first.numel()
+    stride = (numel, *first.stride()) if same else torch.empty(size, device="meta").stride()
+    if shared:
+        flat = first.new(first._typed_storage()._new_shared(n * numel, device=first.device))
+        out = flat.as_strided(size, stride)
+    else:
+        out = torch.empty_strided(size, stride, dtype=first.dtype, device=first.device)
+    for k, t in enumerate(tensors):
+        out[k].copy_(t)
+    return out
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether `t` covers exactly its own storage (any order of dimensions, no gaps, no overlap)."""
+    return t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
