@@ -229,3 +229,6 @@ def test_pet_prompts_every_object_with_a_point_unless_its_training_mix_says_othe
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="tasks.pet.point_prob"):
             PETTask(point_prob=bad)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="tasks.vos.point_prob"):
+            VOSTask(point_prob=bad)

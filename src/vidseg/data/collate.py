@@ -45,22 +45,9 @@ def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
     padded = []
     for s in samples:
         if s.frames.shape[-2:] != (h, w):
-            s = ClipSample(
-                frames=_pad_to(s.frames, h, w, PAD_VALUE),
-                masks=_pad_to(s.masks, h, w, False),
-                track_ids=s.track_ids,
-                class_ids=s.class_ids,
-                pad_mask=_pad_to(s.pad_mask, h, w, False),
-                semantic=None if s.semantic is None else _pad_to(s.semantic, h, w, IGNORE_LABEL),
-                points=s.points,
-                prompt_frames=s.prompt_frames,
-                iscrowd=s.iscrowd,
-                video_id=s.video_id,
-                dataset=s.dataset,
-                frame_indices=s.frame_indices,
-                orig_size=s.orig_size,
-                colour=s.colour,
-            )
+            s = replace(s, frames=_pad_to(s.frames, h, w, PAD_VALUE), masks=_pad_to(s.masks, h, w, False),
+                        pad_mask=_pad_to(s.pad_mask, h, w, False),
+                        semantic=None if s.semantic is None else _pad_to(s.semantic, h, w, IGNORE_LABEL))
         padded.append(s)
     colour = None
     if any(s.colour is not None for s in padded):  # clips without a colour map get the identity

@@ -22,7 +22,7 @@ class PETTask(VOSTask):
     name = "pet"
 
     def __init__(self, point_prob: float = 1.0, **vos_kwargs: Any) -> None:
-        if not 0.0 < point_prob <= 1.0:
+        if point_prob <= 0.0:  # VOSTask checks the upper bound
             raise ValueError(f"tasks.pet.point_prob must be in (0, 1], got {point_prob}")
         super().__init__(point_prob=point_prob, **vos_kwargs)
 

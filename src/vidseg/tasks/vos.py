@@ -73,6 +73,8 @@ class VOSTask(Task):
         self.pix_train, self.pix_eval = pixels_per_query, pixels_per_query_eval
         self.grid = background_grid
         self.enc_cfg = dict(num_layers=encoder_layers, ffn_dim=encoder_ffn, n_heads=encoder_heads)
+        if not 0.0 <= point_prob <= 1.0:
+            raise ValueError(f"tasks.{self.name}.point_prob must be in [0, 1], got {point_prob}")
         self.point_prob = point_prob
         self.weights = {"bce": 5.0, "dice": 5.0, **dict(weights or {})}
         self.num_points, self.deep_supervision, self.seed = num_points, deep_supervision, seed
