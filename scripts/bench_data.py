@@ -77,27 +77,35 @@ def build_dataset(args: argparse.Namespace, **kw: Any) -> ClipDataset:
     return ClipDataset(record, sampler, transform, task="vis", samples_per_video=per_video, seed=args.seed, **kw)
 
 
-def rate_pure_decode(ds: ClipDataset, n: int) -> tuple[float, float]:
-    """(clips/s, CPU ms per clip) decoding exactly the frames the dataset samples for items 0..n-1, with the
-    same reader."""
+def rate_pure_decode(ds: ClipDataset, n: int) -> tuple[float, float, float]:
+    """(clips/s, CPU ms per clip, minor page faults per clip) decoding exactly the frames the dataset samples for
+    items 0..n-1, with the same reader."""
     plan = []
     for i in range(n):
         video = ds.dataset.videos[i // ds.samples_per_video]
         plan.append((video, ds.sampler.sample(video, ds.rng_for(i))))
     readers: dict[str, Any] = {}
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, faults = time.perf_counter(), time.process_time(), _minor_faults(resource.RUSAGE_SELF)
     for video, frames in plan:
         reader = readers.get(video.video_id) or readers.setdefault(video.video_id, open_frames(video.frames))
         reader.read(frames)
-    return n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n
+    return (n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n,
+            (_minor_faults(resource.RUSAGE_SELF) - faults) / n)
 
 
-def rate_items(ds: ClipDataset, n: int) -> tuple[float, float]:
-    """(clips/s, CPU ms per clip) of ClipDataset items 0..n-1 in this process."""
-    start, cpu = time.perf_counter(), time.process_time()
+def rate_items(ds: ClipDataset, n: int) -> tuple[float, float, float]:
+    """(clips/s, CPU ms per clip, minor page faults per clip) of ClipDataset items 0..n-1 in this process."""
+    start, cpu, faults = time.perf_counter(), time.process_time(), _minor_faults(resource.RUSAGE_SELF)
     for i in range(n):
         ds[i]
-    return n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n
+    return (n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n,
+            (_minor_faults(resource.RUSAGE_SELF) - faults) / n)
+
+
+def _minor_faults(who: int) -> int:
+    """Minor page faults so far of this process (RUSAGE_SELF) or its joined children (RUSAGE_CHILDREN): fresh
+    pages, e.g. the shared memory of each worker hand-over, cost a fault each."""
+    return resource.getrusage(who).ru_minflt
 
 
 def colour_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
@@ -123,16 +131,16 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def rate_loader(ds: ClipDataset, n: int, workers: int) -> tuple[float, float | None]:
-    """(clips/s, worker CPU ms per clip) of a DataLoader over items 0..n+workers-1. The rate is taken in
-    steady state (worker start-up and each worker's first clip excluded); the worker CPU time (all workers,
-    read from the joined worker processes' rusage; None without workers) covers every clip they made,
-    collate and the hand-over to this process through shared memory included."""
+def rate_loader(ds: ClipDataset, n: int, workers: int) -> tuple[float, float | None, float | None]:
+    """(clips/s, worker CPU ms per clip, worker minor page faults per clip) of a DataLoader over items
+    0..n+workers-1. The rate is taken in steady state (worker start-up and each worker's first clip excluded); the
+    worker CPU time and faults (all workers, read from the joined worker processes' rusage; None without workers)
+    cover every clip they made, collate and the hand-over to this process through shared memory included."""
     skip = max(workers, 1)
     subset = Subset(ds, range(min(len(ds), n + skip)))
     loader = DataLoader(subset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=ds.collate,
                         prefetch_factor=4 if workers else None)
-    cpu_before = _children_cpu_s()
+    cpu_before, faults_before = _children_cpu_s(), _minor_faults(resource.RUSAGE_CHILDREN)
     batches = iter(loader)
     start, seen = 0.0, 0
     for k, _batch in enumerate(batches):
@@ -143,8 +151,10 @@ def rate_loader(ds: ClipDataset, n: int, workers: int) -> tuple[float, float | N
     rate = seen / (time.perf_counter() - start)
     del batches, _batch
     gc.collect()  # the exhausted iterator joins its workers; their CPU time then counts as this process's children
-    worker_ms = 1000.0 * (_children_cpu_s() - cpu_before) / len(subset) if workers else None
-    return rate, worker_ms
+    if not workers:
+        return rate, None, None
+    worker_ms = 1000.0 * (_children_cpu_s() - cpu_before) / len(subset)
+    return rate, worker_ms, (_minor_faults(resource.RUSAGE_CHILDREN) - faults_before) / len(subset)
 
 
 def profile_items(ds: ClipDataset, n: int, top: int) -> None:
@@ -179,16 +189,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rounds: dict[str, list[float]] = {"pure_decode": [], "dataset_items": []}
     rounds.update({f"loader_w{w}": [] for w in args.workers})
     cpu_ms: dict[str, list[float]] = {"pure_decode": [], "dataset_items": []}
+    faults: dict[str, list[float]] = {"pure_decode": [], "dataset_items": []}
     for _ in range(args.repeats):
         for key, fn in (("pure_decode", rate_pure_decode), ("dataset_items", rate_items)):
-            rate, ms = fn(ds, n)
+            rate, ms, flt = fn(ds, n)
             rounds[key].append(rate)
             cpu_ms[key].append(ms)
+            faults[key].append(flt)
         for w in args.workers:
-            rate, worker_ms = rate_loader(ds, n, w)
+            rate, worker_ms, worker_flt = rate_loader(ds, n, w)
             rounds[f"loader_w{w}"].append(rate)
             if worker_ms is not None:
                 cpu_ms.setdefault(f"loader_w{w}_workers", []).append(worker_ms)
+                faults.setdefault(f"loader_w{w}_workers", []).append(worker_flt)
     rates = {k: statistics.median(v) for k, v in rounds.items()}
     cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
     most = max(args.workers)
@@ -203,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "clips_per_s_per_worker": per_worker,
         "workers": most,
         "cpu_ms_per_clip": cpu,
+        "minor_faults_per_clip": {k: statistics.median(v) for k, v in faults.items()},
         "non_decode_cpu_ms_per_clip": cpu["dataset_items"] - cpu["pure_decode"],
         "colour_on_device_ms": colour_on_device_ms(ds),
         "rounds": rounds,
@@ -232,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"CPU time: items/decode {result['ratio_items_cpu']:.2f}x of decode's rate, non-decode work "
           f"{result['non_decode_cpu_ms_per_clip']:.2f} ms/clip; colour jitter moved to the device: "
           f"{result['colour_on_device_ms']:.2f} ms/clip if run on this CPU")
+    flt = result["minor_faults_per_clip"]
+    print("minor page faults per clip: " + ", ".join(f"{k} {v:.0f}" for k, v in flt.items()))
     if args.profile:
         profile_items(ds, n, args.profile)
     if args.json:
