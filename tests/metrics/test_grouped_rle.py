@@ -1,6 +1,5 @@
-"""Grouped RLE IoUs (`_common.grouped_rle_ious`, used by BURST HOTA) and IoUs + areas
-(`grouped_rle_ious_and_areas`, used by YouTube-VIS AP) against one pycocotools call per group, on random blobs,
-noise and the short cases (empty, full, one pixel), with str and bytes counts."""
+"""Grouped RLE IoUs (`_common.grouped_rle_ious`, used by BURST HOTA) against one pycocotools call per group, on
+random blobs, noise and the short cases (empty, full, one pixel), with str and bytes counts."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vidseg.metrics._common import grouped_rle_ious, grouped_rle_ious_and_areas
+from vidseg.metrics._common import grouped_rle_ious
 
 
 def enc(mask: np.ndarray, as_str: bool = True) -> dict:
@@ -64,7 +63,7 @@ def random_masks(rng: np.random.Generator, n: int, h: int = 30, w: int = 40) -> 
 @pytest.mark.parametrize("max_cells", [1, 16, 4096])
 def test_grouped_rle_ious_equal_per_group_calls(max_cells):
     rng = np.random.default_rng(0)
-    d, g = random_masks(rng, 40), random_masks(rng, 25)
+    d, g = random_masks(rng, 20) + odd_masks(rng, 20, 30, 40), random_masks(rng, 15) + odd_masks(rng, 10, 30, 40)
     d_group, g_group = rng.integers(0, 6, 40), rng.integers(0, 8, 25)  # groups 6, 7: GT only
     pd, pg, iou = grouped_rle_ious(d, d_group, g, g_group, max_cells=max_cells)
     got = {(int(a), int(b)): float(v) for a, b, v in zip(pd, pg, iou)}
@@ -72,24 +71,3 @@ def test_grouped_rle_ious_equal_per_group_calls(max_cells):
     assert np.all(np.diff(d_group[pd]) >= 0)  # grouped, in group order
     empty = grouped_rle_ious([], np.zeros(0, int), g, g_group)
     assert all(len(x) == 0 for x in empty)
-
-
-@pytest.mark.parametrize("max_cells", [1, 16, 1 << 20])
-def test_grouped_ious_and_areas(max_cells):
-    rng = np.random.default_rng(5)
-    d, g = odd_masks(rng, 40), odd_masks(rng, 25)
-    d_group, g_group = rng.integers(0, 6, 40), rng.integers(0, 8, 25)  # groups 6, 7: GT only
-    pd, pg, iou, d_area, g_area = grouped_rle_ious_and_areas(d, d_group, g, g_group, max_cells=max_cells)
-    np.testing.assert_array_equal(d_area, np.asarray(mask_utils.area(d), np.int64))
-    np.testing.assert_array_equal(g_area, np.asarray(mask_utils.area(g), np.int64))
-    got = {(int(a), int(b)): float(v) for a, b, v in zip(pd, pg, iou)}
-    assert got == {pair: v for pair, v in per_group_ious(d, d_group, g, g_group).items() if v > 0}
-    assert len(got) > 10
-
-
-def test_empty_sides():
-    rng = np.random.default_rng(1)
-    g = odd_masks(rng, 5)
-    pd, pg, iou, d_area, g_area = grouped_rle_ious_and_areas([], np.zeros(0, int), g, np.zeros(5, int))
-    assert len(pd) == len(pg) == len(iou) == len(d_area) == 0
-    np.testing.assert_array_equal(g_area, np.asarray(mask_utils.area(g), np.int64))

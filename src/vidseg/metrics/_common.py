@@ -90,17 +90,6 @@ def gt_frame_rles(ann: FrameAnnotation, gt: VideoRecord) -> dict[int, RLE]:
     return {tid: mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for tid, m in labels.masks.items()}
 
 
-def rle_areas(rles: Sequence[RLE]) -> np.ndarray:
-    """int64 areas of a list of RLEs (empty list -> empty array)."""
-    if not rles:
-        return np.zeros(0, dtype=np.int64)
-    rles = list(rles)
-    # chunks of 255: pycocotools' `area` builds a uint8 array of the list length (overflows with numpy 2)
-    return np.concatenate(
-        [np.asarray(mask_utils.area(rles[i : i + 255]), dtype=np.int64).reshape(-1) for i in range(0, len(rles), 255)]
-    )
-
-
 def grouped_rle_ious(
     d_rles: Sequence[RLE], d_group: np.ndarray, g_rles: Sequence[RLE], g_group: np.ndarray, max_cells: int = 512
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -150,23 +139,6 @@ def _group_chunks(
         if d_cut[c] < d_cut[c + 1] and g_cut[c] < g_cut[c + 1]:
             d_part, g_part = slice(d_cut[c], d_cut[c + 1]), slice(g_cut[c], g_cut[c + 1])
             yield d_order[d_part], g_order[g_part], d_sorted[d_part], g_sorted[g_part]
-
-
-def grouped_rle_ious_and_areas(
-    d_rles: Sequence[RLE], d_group: np.ndarray, g_rles: Sequence[RLE], g_group: np.ndarray, max_cells: int = 512
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`grouped_rle_ious` restricted to the pairs with a positive IoU (the others add no intersection), plus
-    the int64 pixel areas of every d and g RLE: (d index, g index, IoU), d areas, g areas."""
-    pd, pg, iou = grouped_rle_ious(d_rles, d_group, g_rles, g_group, max_cells)
-    positive = iou > 0
-    return pd[positive], pg[positive], iou[positive], rle_areas(d_rles), rle_areas(g_rles)
-
-
-def intersections_from_iou(iou: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:
-    """Exact pixel intersections from pycocotools IoUs: with u = a + b - i and iou = i / u,
-    i = iou (a + b) / (1 + iou); the float error is far below 0.5, so rounding is exact."""
-    total = (area_a + area_b).astype(np.float64)
-    return np.rint(iou * total / (1.0 + iou)).astype(np.int64)
 
 
 def empty_prediction(gt: VideoRecord) -> VideoPrediction:

@@ -1,16 +1,16 @@
 """YouTube-VIS / OVIS mask AP and AR, equal to the official `YTVOSeval` (youtubevos/cocoapi).
 
-Per video, `update` computes the spatio-temporal IoU of every (prediction, GT) pair of one category from
-pycocotools RLE IoUs, runs COCO's greedy matching at the 10 IoU thresholds for the 4 area ranges, and keeps
-only per-detection match/ignore flags, scores and ranks plus per-category GT counts. `compute` does COCO's
-accumulate/summarize. Official quirks kept: maxDets counts per video *and* category, area ranges on the mean
-non-zero per-frame area (all / <=128^2 / 128^2..256^2 / >=256^2), crowd GT ignored, -1 for empty means.
+Per video, `update` computes the spatio-temporal IoU of every (prediction, GT) pair of one category,
+runs COCO's greedy matching at the 10 IoU thresholds for the 4 area ranges, and keeps only per-detection
+match/ignore flags, scores and ranks plus per-category GT counts. `compute` does COCO's accumulate/summarize.
+Official quirks kept: maxDets counts per video *and* category, area ranges on the mean non-zero per-frame
+area (all / <=128^2 / 128^2..256^2 / >=256^2), crowd GT ignored, -1 for empty means.
 
-Speed: all RLEs of a video go through one `area` call and a few `iou` calls, grouped by (frame, category)
-(`_common.grouped_rle_ious_and_areas`: the group folded into the declared width), instead of per-pair,
-per-frame merges. Matching runs COCO's greedy once per distinct (ignore flags, reached IoU set), and `compute`
-is vectorised over thresholds. About half of the time left is pycocotools' C (decoding the RLE strings,
-bounding boxes, merging runs).
+Speed: every RLE string of a video is decoded once (`_rle.DecodedRLEs`, compiled with numba), which gives the
+areas; exact intersections are merged from run lengths for the pairs of the same (frame, category) only, and
+COCO's greedy runs compiled for all thresholds and area ranges; `compute` is vectorised over thresholds. The
+reference (pycocotools' COCOeval with ytvoseval's per-pair, per-frame IoU) gives equal values
+(tests/metrics/test_ytvis_ap.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from torchmetrics import Metric
@@ -27,12 +28,11 @@ from vidseg.metrics._common import (
     cat_state,
     check_no_duplicate_videos,
     check_prediction,
-    grouped_rle_ious_and_areas,
     gt_frame_rles,
-    intersections_from_iou,
     pair_videos,
     video_sort_key,
 )
+from vidseg.metrics._rle import DecodedRLEs, same_group_pairs
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -59,66 +59,49 @@ def match_group(
     dt_out_of_range [A, D]. Each detection takes the available GT with the highest IoU >= t (ties: the
     later GT, as COCO's `<` comparison does, in COCO's order: non-ignored GT first, each kind in input
     order), regular GT before ignored GT; crowd GT stays available. Returns (matched, ignored), bool
-    [A, T, D].
-
-    Only detections and GTs with an IoU >= the lowest threshold take part. The result depends on the
-    threshold only through which IoUs reach it, and on the area range only through the ignore flags, so the
-    greedy runs once per distinct (ignore flags, reached pattern) and is copied to the others.
+    [A, T, D]; an unmatched detection outside the area range is ignored.
     """
-    num_a, num_t, (num_d, num_g) = len(gt_ignore), len(iou_thresholds), ious.shape
-    matched = np.zeros((num_a, num_t, num_d), dtype=bool)
-    ignored = np.zeros((num_a, num_t, num_d), dtype=bool)
     thr = np.minimum(np.asarray(iou_thresholds, np.float64), 1 - 1e-10)
-    reach = ious >= thr.min() if num_d and num_g else np.zeros((num_d, num_g), bool)
-    rows, cols = np.flatnonzero(reach.any(axis=1)), np.flatnonzero(reach.any(axis=0))
-    if len(rows):
-        sub = ious[np.ix_(rows, cols)]
-        # thresholds ascend, so the reached sets are nested: equal sizes mean equal sets
-        reached = np.count_nonzero(sub.ravel()[None, :] >= thr[:, None], axis=1).tolist()
-        ignores = [tuple(r) for r in np.asarray(gt_ignore, bool)[:, cols].tolist()]
-        crowd = np.asarray(gt_crowd, bool)[cols].tolist()
-        values = sub.tolist()
-        memo: dict[tuple, tuple[list[bool], list[bool]]] = {}
-        found_all, ignored_all = [], []
-        for ign in ignores:
-            order = sorted(range(len(cols)), key=ign.__getitem__)  # stable: non-ignored first
-            found_a, ignored_a = [], []
-            for t in range(num_t):
-                key = (ign, reached[t])
-                if key not in memo:
-                    memo[key] = _greedy(values, order, ign, crowd, float(thr[t]))
-                found_a.append(memo[key][0])
-                ignored_a.append(memo[key][1])
-            found_all.append(found_a)
-            ignored_all.append(ignored_a)
-        matched[:, :, rows] = np.array(found_all, dtype=bool)
-        ignored[:, :, rows] = np.array(ignored_all, dtype=bool)
-    ignored |= ~matched & np.asarray(dt_out_of_range, bool)[:, None, :]
-    return matched, ignored
+    return _greedy(
+        np.ascontiguousarray(ious, np.float64),
+        np.ascontiguousarray(gt_ignore, np.bool_),
+        np.ascontiguousarray(gt_crowd, np.bool_),
+        np.ascontiguousarray(dt_out_of_range, np.bool_),
+        thr,
+    )
 
 
+@numba.njit(cache=True, nogil=True)
 def _greedy(
-    ious: list[list[float]], order: list[int], ignore: list[bool], crowd: list[bool], threshold: float
-) -> tuple[list[bool], list[bool]]:
-    """COCOeval.evaluateImg's matching loop for one threshold and area range: (matched, matched an ignored
-    GT) per detection."""
-    taken = [False] * len(order)
-    found, was_ignored = [], []
-    for row in ious:
-        best, m = threshold, -1
-        for g in order:
-            if taken[g] and not crowd[g]:
-                continue
-            if m > -1 and not ignore[m] and ignore[g]:
-                break
-            if row[g] < best:
-                continue
-            best, m = row[g], g
-        found.append(m > -1)
-        was_ignored.append(m > -1 and ignore[m])
-        if m > -1:
-            taken[m] = True
-    return found, was_ignored
+    ious: np.ndarray, gt_ignore: np.ndarray, crowd: np.ndarray, dt_out: np.ndarray, thr: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """COCOeval.evaluateImg's matching loop for every area range and threshold."""
+    num_a, num_g = gt_ignore.shape
+    num_d, num_t = ious.shape[0], len(thr)
+    matched = np.zeros((num_a, num_t, num_d), np.bool_)
+    ignored = np.zeros((num_a, num_t, num_d), np.bool_)
+    for a in range(num_a):
+        ignore = gt_ignore[a]
+        order = np.argsort(ignore, kind="mergesort")  # stable: non-ignored GT first
+        for t in range(num_t):
+            taken = np.zeros(num_g, np.bool_)
+            for d in range(num_d):
+                best, m = thr[t], -1
+                for g in order:
+                    if taken[g] and not crowd[g]:
+                        continue
+                    if m > -1 and not ignore[m] and ignore[g]:
+                        break
+                    if ious[d, g] < best:
+                        continue
+                    best, m = ious[d, g], g
+                if m > -1:
+                    matched[a, t, d] = True
+                    ignored[a, t, d] = ignore[m]
+                    taken[m] = True
+                else:
+                    ignored[a, t, d] = dt_out[a, d]
+    return matched, ignored
 
 
 class YTVISMeanAP(Metric):
@@ -162,9 +145,7 @@ class YTVISMeanAP(Metric):
     # ------------------------------------------------------------------------------------------- update
     def _category(self, cat: int | None, where: str) -> int:
         if cat is None or int(cat) not in self._cat_index:
-            raise AnnotationFormatError(
-                f"{where}: category {cat!r} is not in the vocabulary {self.category_ids}"
-            )
+            raise AnnotationFormatError(f"{where}: category {cat!r} is not in the vocabulary {self.category_ids}")
         return self._cat_index[int(cat)]
 
     def update(self, pred: VideoPrediction, gt: VideoRecord) -> None:  # type: ignore[override]
@@ -212,18 +193,29 @@ class YTVISMeanAP(Metric):
         num_c = len(self.category_ids)
         g_idx_a = np.asarray(g_idx, np.int64)
         d_idx_a = np.repeat(np.arange(num_d), d_count)
-        pd, pg, pair_iou, d_area, g_area = grouped_rle_ious_and_areas(
-            d_rles,
-            np.asarray(d_pos, np.int64) * num_c + dt_cat[d_idx_a],
-            g_rles,
-            np.asarray(g_pos, np.int64) * num_c + gt_cat[g_idx_a],
+        d_pos_a = np.asarray(d_pos, np.int64)
+        # every mask of the video decoded once; intersections only for same (frame, category) pairs
+        decoded = DecodedRLEs(d_rles + g_rles, gt.height, gt.width)
+        n_dr = len(d_rles)
+
+        def mask_name(i: int) -> str:
+            if i < n_dr:
+                trk = pred.tracks[int(d_idx_a[i])]
+                return f"prediction for video {pred.video_id!r} track {trk.track_id} frame {frames[d_pos_a[i]]}"
+            return f"GT video {gt.video_id!r} track {gt_ids[g_idx_a[i - n_dr]]} frame {frames[g_pos[i - n_dr]]}"
+
+        decoded.check(mask_name)
+        d_area, g_area = decoded.area[:n_dr], decoded.area[n_dr:]
+        pd, pg = same_group_pairs(
+            d_pos_a * num_c + dt_cat[d_idx_a], np.asarray(g_pos, np.int64) * num_c + gt_cat[g_idx_a]
         )
+        pair_inter = decoded.intersections(pd, pg + n_dr)
         gt_area_sum = np.bincount(g_idx_a, weights=g_area, minlength=num_g).astype(np.int64)  # exact: < 2**53
         gt_nonzero = np.bincount(g_idx_a[g_area > 0], minlength=num_g)
         dt_area_sum = np.bincount(d_idx_a, weights=d_area, minlength=num_d).astype(np.int64)
         dt_nonzero = np.bincount(d_idx_a[d_area > 0], minlength=num_d)
         inter = np.zeros((num_d, num_g), dtype=np.int64)
-        np.add.at(inter, (d_idx_a[pd], g_idx_a[pg]), intersections_from_iou(pair_iou, d_area[pd], g_area[pg]))
+        np.add.at(inter, (d_idx_a[pd], g_idx_a[pg]), pair_inter)
         union = dt_area_sum[:, None] + gt_area_sum[None, :] - inter
         ious = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
         gt_avg = np.where(gt_nonzero > 0, gt_area_sum / np.maximum(gt_nonzero, 1), 0.0)
