@@ -112,9 +112,12 @@ class VidsegModule(pl.LightningModule):
             feats = self.model.encode(batch.frames)
         else:  # training colour jitter, drawn per clip by the data pipeline, applied on the device
             feats = self.model.encode(batch.frames, colour=colour, valid=batch.pad_mask)
-        queries = task.init_queries(self.model, feats, batch)
-        out = self.model.decode(feats, queries, getattr(queries, "query_adders", None))
-        losses = task.loss(self.model, feats, queries, out, batch)
+        # under the model's own bf16 autocast (`model.precision: bf16`) the task's query encoders and losses run
+        # with autocast too, as under Lightning's bf16-mixed, so bf16 features never meet fp32 weights unprepared
+        with self.model.autocast(batch.frames.device):
+            queries = task.init_queries(self.model, feats, batch)
+            out = self.model.decode(feats, queries, getattr(queries, "query_adders", None))
+            losses = task.loss(self.model, feats, queries, out, batch)
         return losses, out
 
     def micro_batch_number(self) -> int:

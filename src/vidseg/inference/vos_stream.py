@@ -178,7 +178,8 @@ def _clip_pass(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list, o
             points = torch.stack([1 - points[:, 0], points[:, 1]], -1)
     if mirror:
         masks = masks.flip(-1)
-    qs = task.build_queries(feats, [masks], [ref_frames], [points], is_point, task.q_eval, task.pix_eval)
+    with model.autocast(device):  # bf16 features meet the object encoder's weights under the model's autocast
+        qs = task.build_queries(feats, [masks], [ref_frames], [points], is_point, task.q_eval, task.pix_eval)
     out = model.decode(feats, qs, getattr(qs, "query_adders", None))
     logits = task.object_logits(out, -1, qs.owners, len(chosen))[0].float()
     return logits.flip(-1) if mirror else logits
