@@ -74,6 +74,9 @@ def test_str_bytes_and_uncompressed_counts_decode_alike():
         ("0P", [2, 2], "ends inside a count"),  # continuation bit on the last char
         ("A", [2, 2], "negative run length"),  # one char with the sign bit: -31
         (None, [4, 6], "sum is not height*width"),  # a 4x5 mask declared 4x6
+        ("0 5", [2, 2], "character outside"),  # a space (32)
+        ("0é5", [2, 2], "character outside"),  # non-ASCII text
+        ("0p", [2, 2], "character outside"),  # 'p' (112): one past the alphabet
     ],
 )
 def test_malformed_strings_raise_naming_the_mask(counts, size, problem):

@@ -23,8 +23,9 @@ from pycocotools import mask as mask_utils
 
 from vidseg.data.records import RLE, AnnotationFormatError
 
-DECODE_OK, DECODE_TRUNCATED, DECODE_NEGATIVE, DECODE_WRONG_SUM = 0, 1, 2, 3
+DECODE_OK, DECODE_TRUNCATED, DECODE_NEGATIVE, DECODE_WRONG_SUM, DECODE_BAD_CHAR = 0, 1, 2, 3, 4
 _PROBLEMS = {
+    DECODE_BAD_CHAR: "holds a character outside '0'..'o' (48..111)",
     DECODE_TRUNCATED: "ends inside a count",
     DECODE_NEGATIVE: "decodes to a negative run length",
     DECODE_WRONG_SUM: "has run lengths whose sum is not height*width",
@@ -36,9 +37,10 @@ def _decode(buf: np.ndarray, bounds: np.ndarray, pixels: np.ndarray):  # pragma:
     """Runs of every string buf[bounds[i]:bounds[i+1]]: (runs, run offsets [n+1], areas, first and last+1
     foreground pixel (column-major; 0, 0 when empty), status per string)."""
     n = len(bounds) - 1
-    total = 0  # a count ends at each char without the continuation bit: the exact size of `runs`
+    total, outside = 0, 0  # a count ends at each char without the continuation bit: the exact size of `runs`
     for p in range(len(buf)):
         total += (buf[p] - 48) & 0x20 == 0
+        outside += (buf[p] < 48) | (buf[p] > 111)
     runs = np.empty(total + 1, np.int64)
     offsets = np.zeros(n + 1, np.int64)
     area = np.zeros(n, np.int64)
@@ -50,6 +52,11 @@ def _decode(buf: np.ndarray, bounds: np.ndarray, pixels: np.ndarray):  # pragma:
         p, end, start_m = bounds[i], bounds[i + 1], m
         pos, fg, s, e = np.int64(0), np.int64(0), np.int64(-1), np.int64(0)
         bad, odd = DECODE_OK, False
+        if outside:
+            for q in range(p, end):
+                if buf[q] < 48 or buf[q] > 111:
+                    bad, p = DECODE_BAD_CHAR, end  # decode nothing of this string
+                    break
         while p < end:
             c = np.int64(buf[p]) - 48
             p += 1
@@ -140,9 +147,10 @@ class DecodedRLEs:
 
     def __init__(self, rles: Sequence[RLE], height: int, width: int) -> None:
         counts = [rle["counts"] for rle in rles]
-        if all(type(c) is str for c in counts):
-            joined = "".join(counts).encode("ascii")
-        else:
+        joined_str = "".join(counts) if all(type(c) is str for c in counts) else None
+        if joined_str is not None and joined_str.isascii():
+            joined = joined_str.encode("ascii")
+        else:  # bytes, lists, or non-ASCII text (its UTF-8 bytes are outside the alphabet: flagged, not decoded)
             counts = [_as_bytes(c, height, width) for c in counts]
             joined = b"".join(counts)
         bounds = np.zeros(len(counts) + 1, np.int64)
@@ -168,7 +176,7 @@ def _as_bytes(counts: str | bytes | list, height: int, width: int) -> bytes:
     if isinstance(counts, bytes):
         return counts
     if isinstance(counts, str):
-        return counts.encode("ascii")
+        return counts.encode("utf-8")
     return mask_utils.frPyObjects({"size": [height, width], "counts": list(counts)}, height, width)["counts"]
 
 
