@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vidseg.data.records import Batch
+from vidseg.model.tarvis import model_autocast
 from vidseg.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class VidsegModule(pl.LightningModule):
             feats = self.model.encode(batch.frames, colour=colour, valid=batch.pad_mask)
         # under the model's own bf16 autocast (`model.precision: bf16`) the task's query encoders and losses run
         # with autocast too, as under Lightning's bf16-mixed, so bf16 features never meet fp32 weights unprepared
-        with self.model.autocast(batch.frames.device):
+        with model_autocast(self.model, batch.frames.device):
             queries = task.init_queries(self.model, feats, batch)
             out = self.model.decode(feats, queries, getattr(queries, "query_adders", None))
             losses = task.loss(self.model, feats, queries, out, batch)

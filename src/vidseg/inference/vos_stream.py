@@ -25,6 +25,7 @@ from vidseg.data.records import RLE, TrackPrediction, VideoPrediction, VideoReco
 from vidseg.inference.resize import masks_to_rles
 from vidseg.inference.stitch import OverlapAverager, make_upsampler
 from vidseg.inference.stream import VideoFrames, as_video_frames, clip_starts, stream_clips
+from vidseg.model.tarvis import model_autocast
 
 ABSENT_LOGIT = -1000.0
 
@@ -178,7 +179,7 @@ def _clip_pass(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list, o
             points = torch.stack([1 - points[:, 0], points[:, 1]], -1)
     if mirror:
         masks = masks.flip(-1)
-    with model.autocast(device):  # bf16 features meet the object encoder's weights under the model's autocast
+    with model_autocast(model, device):  # bf16 features meet the object encoder's weights under the model's autocast
         qs = task.build_queries(feats, [masks], [ref_frames], [points], is_point, task.q_eval, task.pix_eval)
     out = model.decode(feats, qs, getattr(qs, "query_adders", None))
     logits = task.object_logits(out, -1, qs.owners, len(chosen))[0].float()

@@ -145,3 +145,10 @@ class TarViS(nn.Module):
         counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
+
+
+def model_autocast(model: nn.Module, device: torch.device) -> AbstractContextManager:
+    """``model.autocast(device)`` for a network that has one (TarViS: bf16 autocast when its precision is
+    "bf16"); a no-op context for any other network, e.g. a stand-in with the same encode/decode interface."""
+    autocast = getattr(model, "autocast", None)
+    return autocast(device) if callable(autocast) else nullcontext()
