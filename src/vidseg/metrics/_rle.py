@@ -33,9 +33,9 @@ _PROBLEMS = {
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode(buf: np.ndarray, bounds: np.ndarray, pixels: np.ndarray):  # pragma: no cover - compiled
-    """Runs of every string buf[bounds[i]:bounds[i+1]]: (runs, run offsets [n+1], areas, first and last+1
-    foreground pixel (column-major; 0, 0 when empty), status per string)."""
+def _decode(buf: np.ndarray, bounds: np.ndarray, pixels: int):  # pragma: no cover - compiled
+    """Runs of every string buf[bounds[i]:bounds[i+1]] of a `pixels`-pixel mask: (runs, run offsets [n+1], areas,
+    first and last+1 foreground pixel (column-major; 0, 0 when empty), status per string)."""
     n = len(bounds) - 1
     total, outside = 0, 0  # a count ends at each char without the continuation bit: the exact size of `runs`
     for p in range(len(buf)):
@@ -93,7 +93,7 @@ def _decode(buf: np.ndarray, bounds: np.ndarray, pixels: np.ndarray):  # pragma:
             pos += x
             odd = not odd
         offsets[i + 1] = m
-        if bad == DECODE_OK and pos != pixels[i]:
+        if bad == DECODE_OK and pos != pixels:
             bad = DECODE_WRONG_SUM
         status[i] = bad
         area[i] = fg
@@ -156,8 +156,8 @@ class DecodedRLEs:
         bounds = np.zeros(len(counts) + 1, np.int64)
         np.cumsum([len(c) for c in counts], out=bounds[1:])
         buf = np.frombuffer(joined, np.uint8)
-        pixels = np.full(len(counts), height * width, np.int64)
-        self.runs, self.offsets, self.area, self._first, self._last, self.status = _decode(buf, bounds, pixels)
+        decoded = _decode(buf, bounds, int(height) * int(width))
+        self.runs, self.offsets, self.area, self._first, self._last, self.status = decoded
 
     def check(self, name: Callable[[int], str]) -> None:
         """Raise AnnotationFormatError("<name(i)>: <problem>") for the first malformed string."""
