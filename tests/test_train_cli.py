@@ -68,7 +68,7 @@ def test_torch_threads_setting_sets_and_validates() -> None:
         (["task=vss"], 4, {}, [100000]),  # conf/recipe/tarvis_tiny_vss.yaml: lr 2e-3 only
         (["task=vps"], 4, {}, [1000]),  # conf/recipe/tarvis_tiny_vps.yaml: the lr drop only
         (["task=multi"], 4, {"vos": 1, "pet": 1}, [100000]),  # one shared model: no single task's tweaks
-        (["task=pet"], 2, {"pet": 2}, [100000]),
+        (["task=pet"], 2, {"pet": 2}, [900]),  # conf/recipe/tarvis_tiny_pet.yaml, with the lr drop of VOS
         (["task=vos", "model=tarvis_r50"], 4, {"vos": 1}, [100000]),  # the tiny recipe only with the tiny model
     ],
 )
