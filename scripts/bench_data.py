@@ -13,7 +13,8 @@ non-decode work; `ratio_worker_cpu` = decode CPU ms ÷ worker CPU ms per clip is
 a core to itself (its collate and the shared-memory hand-over of each batch included).
 
 `--no-resize` keeps each 0.75 crop at its decoded size instead of resizing it to a 448/512 short side: the ceiling
-of moving the resize to the device as well (not done; on the 2-core box it lifted `ratio` only from 0.23 to 0.31).
+of moving the resize to the device as well (not done; on the 2-core box it lifted `ratio` only from 0.20-0.23 to
+0.29-0.31).
 
 What is not measured on the CPU: the training colour jitter. `ClipTransform` draws it per clip and returns it
 as a 3×4 colour map (`ClipSample.colour`); the model applies it on the accelerator while normalising the uint8
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "colour_on_device_ms": colour_on_device_ms(ds),
         "rounds": rounds,
         "cpu_ms_rounds": cpu_ms,
-        "clip": {"frames": 3, "height": args.height, "width": args.width, "clips": n,
+        "clip": {"frames": 3, "height": args.height, "width": args.width, "clips": n, "no_resize": args.no_resize,
                  "transform": repr(ds.transform), "sampler": repr(ds.sampler)},
         "machine": {**machine(), "load_avg_1min_at_start": load_start},
     }
