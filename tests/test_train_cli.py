@@ -91,3 +91,5 @@ def test_tiny_recipe_tweaks_apply_to_the_tiny_model_and_their_task_only(
     # the tiny VOS recipe trains on mask prompts only; the paper recipes keep TarViS' PET objects (p = 0.3)
     if "vos" in cfg.tasks:
         assert cfg.tasks.vos.point_prob == (0.0 if token_pool["vos"] == 2 else 0.3)
+        # the matching readout (ours) only in the tiny VOS recipe
+        assert cfg.tasks.vos.matching == (token_pool["vos"] == 2)

@@ -182,7 +182,7 @@ def _clip_pass(task: Any, model: Any, clip_frames: torch.Tensor, chosen: list, o
     with model_autocast(model, device):  # bf16 features meet the object encoder's weights under the model's autocast
         qs = task.build_queries(feats, [masks], [ref_frames], [points], is_point, task.q_eval, task.pix_eval)
     out = model.decode(feats, qs, getattr(qs, "query_adders", None))
-    logits = task.object_logits(out, -1, qs.owners, len(chosen))[0].float()
+    logits = task.object_logits(out, -1, qs.owners, len(chosen), getattr(qs, "readout", None))[0].float()
     return logits.flip(-1) if mirror else logits
 
 

@@ -8,6 +8,8 @@ cross-attention of each query to its own pixel features). The decoder then segme
 an object's mask = max over its sub-query masks, background = max over the background masks.
 Loss: fixed assignment (channel 0 = background, 1..N = objects in GT order), BCE + dice on every frame.
 PET objects (points, `tasks/pet.py`) share the encoder, the background queries and the decoder groups.
+With `matching` (ours, on in the tiny recipe) a matching readout against the reference frame is added to the
+object logits (`tasks/vos_matching.py`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from vidseg.tasks.vos_encoder import (
     grid_background_tokens,
     strip_tokens,
 )
+from vidseg.tasks.vos_matching import MatchingReadout, pooled_masks
 
 
 class VOSTask(Task):
@@ -67,6 +70,9 @@ class VOSTask(Task):
         token_pool: int = 1,
         label_with_background: bool = True,
         flip_tta: bool = False,
+        matching: bool = False,
+        matching_dim: int = 32,
+        matching_gain: float = 0.5,
     ) -> None:
         super().__init__()
         self.q_train, self.q_eval = queries_per_object, queries_per_object_eval
@@ -96,6 +102,9 @@ class VOSTask(Task):
         # over objects where the max logit > 0 with the background queries unused (False, TarViS)
         self.label_with_background = bool(label_with_background)
         self.flip_tta = bool(flip_tta)  # inference: average each clip's logits with its mirror image's (ours)
+        # ours: a matching readout of every pixel against the reference frame added to the object logits
+        self.matching_cfg = dict(key_dim=matching_dim, gain=matching_gain) if matching else None
+        self.readout: MatchingReadout | None = None
 
     def setup(self, model: Any, vocabularies: Mapping[str, list[Category]]) -> None:
         super().setup(model, vocabularies)
@@ -109,6 +118,8 @@ class VOSTask(Task):
             model.decoder.add_group(group)
         if self.gvseg.spa and self.spa_encoder is None:
             self.spa_encoder = self.gvseg.encoder(d)
+        if self.matching_cfg is not None and self.readout is None:
+            self.readout = MatchingReadout(d, **self.matching_cfg)
 
     # ------------------------------------------------------------------ queries
     def point_objects(self, step: int, n: int) -> list[bool]:
@@ -137,6 +148,7 @@ class VOSTask(Task):
         QuerySet carries `owners`: the object index (0..N-1) of every 'vos' query."""
         assert self.encoder is not None and self.point_init is not None and self.embeds is not None
         mf = feats.mask_features  # [B, T, d, h4, w4]
+        grid_masks = ref_masks
         if self.token_pool > 1:  # coarser token grid; a pooled cell belongs to an object if any pixel does
             k = self.token_pool
             mf = F.avg_pool2d(mf.flatten(0, 1), k, ceil_mode=True).unflatten(0, mf.shape[:2])
@@ -192,6 +204,10 @@ class VOSTask(Task):
         if self.spa_encoder is not None:
             qs.query_adders = spa_query_adders(self.spa_encoder, ["vos"])
         qs.num_objects = len(is_point)
+        if self.readout is not None:
+            qs.readout = torch.stack([
+                self.readout(feats.mask_features[i], mf[i], pooled_masks(grid_masks[i], self.token_pool),
+                             ref_frames[i], is_point) for i in range(b)])
         return qs
 
     def init_queries(self, model: Any, feats: Any, batch: Batch) -> QuerySet:
@@ -222,13 +238,16 @@ class VOSTask(Task):
         return qs
 
     # ------------------------------------------------------------------ loss
-    def object_logits(self, out: Any, layer: int, owners: list[int], n: int) -> torch.Tensor:
-        """[B, 1+N, T, h, w]: background = max over background queries, object k = max over its queries."""
+    def object_logits(self, out: Any, layer: int, owners: list[int], n: int,
+                      readout: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 1+N, T, h, w]: background = max over background queries, object k = max over its queries;
+        plus the matching readout [B, 1+N, T, h, w] (`QuerySet.readout`) where the task has one."""
         bg = out.group("background_vos", layer).mask_logits.amax(1, keepdim=True)
         vos = out.group("vos", layer).mask_logits
         own = torch.as_tensor(owners, device=vos.device)
         objs = [vos[:, own == k].amax(1) for k in range(n)]
-        return torch.cat([bg, torch.stack(objs, 1)], 1)
+        logits = torch.cat([bg, torch.stack(objs, 1)], 1)
+        return logits if readout is None else logits + readout.to(logits.dtype)
 
     def loss(self, model: Any, feats: Any, queries: Any, out: Any, batch: Batch) -> dict[str, torch.Tensor]:
         n = queries.num_objects
@@ -246,7 +265,8 @@ class VOSTask(Task):
         rows = target if keep is None else target[keep]
         totals: dict[str, torch.Tensor] = {}
         for layer in layers:
-            logits = self.object_logits(out, layer, queries.owners, n).flatten(0, 1)
+            logits = self.object_logits(out, layer, queries.owners, n, getattr(queries, "readout", None))
+            logits = logits.flatten(0, 1)
             if keep is not None:
                 logits = logits[keep]
             for k, v in mask_losses(logits, rows, float(rows.shape[0]), self.num_points).items():
