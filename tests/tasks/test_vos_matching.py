@@ -87,9 +87,11 @@ def test_readout_trains_its_keys_and_the_features() -> None:
     assert m.key.weight.grad.abs().sum() > 0 and feats.grad.abs().sum() > 0 and m.gain.grad is not None
 
 
-def test_readout_rejects_a_clamp_outside_its_range() -> None:
+def test_readout_rejects_a_clamp_outside_its_range_and_an_empty_key() -> None:
     with pytest.raises(ValueError, match="clamp"):
         MatchingReadout(8, clamp=0.5)
+    with pytest.raises(ValueError, match="matching_dim"):
+        MatchingReadout(8, key_dim=0)
 
 
 def test_vos_task_adds_the_readout_to_its_object_logits() -> None:

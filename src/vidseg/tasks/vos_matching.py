@@ -19,6 +19,8 @@ class MatchingReadout(nn.Module):
 
     def __init__(self, d_model: int, key_dim: int = 32, gain: float = 0.5, clamp: float = 0.01) -> None:
         super().__init__()
+        if key_dim < 1:
+            raise ValueError(f"MatchingReadout: key_dim (tasks.<task>.matching_dim) must be >= 1, got {key_dim}")
         if not 0.0 < clamp < 0.5:
             raise ValueError(f"MatchingReadout: clamp must be in (0, 0.5), got {clamp}")
         self.key = nn.Linear(d_model, key_dim)
@@ -38,17 +40,17 @@ class MatchingReadout(nn.Module):
         mask_objs = [k for k in range(n) if not is_point[k]]
         if not mask_objs:
             return out.view(1 + n, t, h, w)
-        frames = sorted({int(ref_frames[k]) for k in mask_objs})
+        ref = ref_frames.tolist()
+        frames = sorted({ref[k] for k in mask_objs})
         for r in frames:
-            objs = [k for k in mask_objs if int(ref_frames[k]) == r]
+            objs = [k for k in mask_objs if ref[k] == r]
             keys = self.key(memory[r].flatten(1).t())  # [P, k]
             attn = torch.softmax(queries @ keys.t() / keys.shape[-1] ** 0.5, dim=-1)  # [T*h*w, P]
             values = ref_masks[objs].flatten(1).t()  # [P, n_r]
             background = (1 - values.sum(1, keepdim=True)).clamp(min=0)
             read = attn @ torch.cat([background, values], 1)  # [T*h*w, 1 + n_r]
             logit = torch.logit(read.clamp(self.clamp, 1 - self.clamp))
-            for j, k in enumerate(objs):
-                out[1 + k] = logit[:, 1 + j]
+            out[[1 + k for k in objs]] = logit[:, 1:].t()
             if r == frames[0]:
                 out[0] = logit[:, 0]
         return (self.gain * out).view(1 + n, t, h, w)
