@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Subset
 
 from vidseg.data.clip_dataset import ClipDataset
 from vidseg.data.formats import get_format
+from vidseg.data.handover import SlotHandover
 from vidseg.data.sampling import InstanceClipSampler
 from vidseg.data.synthetic import ensure_synthetic
 from vidseg.data.transforms import ClipTransform
@@ -138,14 +139,16 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def rate_loader(ds: ClipDataset, n: int, workers: int) -> tuple[float, float | None, float | None]:
+def rate_loader(ds: ClipDataset, n: int, workers: int,
+                slots: bool = True) -> tuple[float, float | None, float | None]:
     """(clips/s, worker CPU ms per clip, worker minor page faults per clip) of a DataLoader over items
     0..n+workers-1. The rate is taken in steady state (worker start-up and each worker's first clip excluded); the
     worker CPU time and faults (all workers, read from the joined worker processes' rusage; None without workers)
     cover every clip they made, collate and the hand-over to this process through shared memory included."""
     skip = max(workers, 1)
     subset = Subset(ds, range(min(len(ds), n + skip)))
-    loader = DataLoader(subset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=ds.collate,
+    collate = SlotHandover(ds.collate, workers, slots_per_worker=6) if workers and slots else ds.collate
+    loader = DataLoader(subset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=collate,
                         prefetch_factor=4 if workers else None)
     cpu_before, faults_before = _children_cpu_s(), _minor_faults(resource.RUSAGE_CHILDREN)
     batches = iter(loader)
@@ -186,6 +189,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resize", action="store_true",
                    help="crops keep their decoded size (no CPU resize): the ceiling of a resize on the device")
+    p.add_argument("--no-slots", action="store_true",
+                   help="workers hand batches over torch's usual way (fresh shared memory per tensor), not through "
+                        "the reused slots of vidseg.data.handover that training uses")
     p.add_argument("--profile", type=int, default=0, help="print the top-N functions of ClipDataset items")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -206,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cpu_ms[key].append(ms)
             faults[key].append(flt)
         for w in args.workers:
-            rate, worker_ms, worker_flt = rate_loader(ds, n, w)
+            rate, worker_ms, worker_flt = rate_loader(ds, n, w, slots=not args.no_slots)
             rounds[f"loader_w{w}"].append(rate)
             if worker_ms is not None:
                 cpu_ms.setdefault(f"loader_w{w}_workers", []).append(worker_ms)
@@ -231,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds": rounds,
         "cpu_ms_rounds": cpu_ms,
         "clip": {"frames": 3, "height": args.height, "width": args.width, "clips": n, "no_resize": args.no_resize,
+                 "slots": not args.no_slots,
                  "transform": repr(ds.transform), "sampler": repr(ds.sampler)},
         "machine": {**machine(), "load_avg_1min_at_start": load_start},
     }

@@ -91,3 +91,19 @@ def test_rank_shard_partitions_without_repeats(length: int, world: int) -> None:
     shards = [list(RankShard(length, r, world)) for r in range(world)]
     assert sorted(i for s in shards for i in s) == list(range(length))
     assert [len(RankShard(length, r, world)) for r in range(world)] == [len(s) for s in shards]
+
+
+def test_worker_loaders_hand_over_through_slots_and_bad_slot_options_are_named() -> None:
+    from vidseg.data.handover import SlotHandover
+
+    dm = _datamodule(["data.num_workers=2", "data.handover_slots=3", "data.steps_per_epoch=2"])
+    loader = dm.train_dataloader()
+    assert isinstance(loader.collate_fn, SlotHandover) and loader.collate_fn.pool.slots_per_worker == 3
+    batches = list(loader)
+    assert len(batches) == 2 and loader.collate_fn.pool.slots_sent == 2
+    assert not isinstance(_datamodule(["data.handover_slots=0", "data.num_workers=2"]).train_dataloader().collate_fn,
+                          SlotHandover)
+    with pytest.raises(ValueError, match="data.handover_slots must be an int >= 0"):
+        _datamodule(["data.handover_slots=-1"])
+    with pytest.raises(ValueError, match="data.handover_slot_mb must be positive"):
+        _datamodule(["data.handover_slot_mb=0"])

@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 from torch.utils.data import get_worker_info
 
+from vidseg.data.handover import current_slot_writer
 from vidseg.data.records import IGNORE_LABEL, PAD_VALUE, Batch, ClipSample, ClipSamplingError
 
 __all__ = ["collate_clips", "stack_for_handover"]
@@ -64,7 +65,7 @@ def stack_for_handover(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """`torch.stack(tensors)`, keeping the memory layout of dense inputs of one layout (decoded frames are HWC
     memory viewed as CHW: a contiguous stack would be a strided copy, twice the cost of a plain copy at 480p); in a
     DataLoader worker the result is allocated in shared memory, so pickling it for the main process does not copy
-    it again."""
+    it again; inside a `handover.SlotHandover` collate call it goes straight into the worker's hand-over slot."""
     first, n = tensors[0], len(tensors)
     same = all(t.shape == first.shape and t.stride() == first.stride() and _dense(t) for t in tensors)
     shared = get_worker_info() is not None
@@ -72,10 +73,12 @@ def stack_for_handover(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack(list(tensors))
     size, numel = (n, *first.shape), first.numel()
     stride = (numel, *first.stride()) if same else torch.empty(size, device="meta").stride()
-    if shared:
+    writer = current_slot_writer() if shared else None
+    out = None if writer is None else writer.empty_strided(size, stride, first.dtype)  # the hand-over slot
+    if out is None and shared:
         flat = first.new(first._typed_storage()._new_shared(n * numel, device=first.device))
         out = flat.as_strided(size, stride)
-    else:
+    elif out is None:
         out = torch.empty_strided(size, stride, dtype=first.dtype, device=first.device)
     for k, t in enumerate(tensors):
         out[k].copy_(t)

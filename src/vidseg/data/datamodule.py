@@ -18,6 +18,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from vidseg.data.collate import collate_clips
 from vidseg.data.formats import get_format
+from vidseg.data.handover import SlotHandover
 from vidseg.data.records import Batch, ClipSample, DatasetRecord, VideoRecord
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,17 @@ class VidsegDataModule(pl.LightningDataModule):
         tasks: list[str] | None = None,
         samples_per_video: int = 1000,
         max_val_videos: int | None = None,
+        handover_slots: int = 4,
+        handover_slot_mb: float = 64.0,
     ) -> None:
         super().__init__()
+        if not isinstance(handover_slots, int) or handover_slots < 0:
+            raise ValueError(f"data.handover_slots must be an int >= 0 (0: torch's own hand-over), got "
+                             f"{handover_slots!r}")
+        if not handover_slot_mb > 0:
+            raise ValueError(f"data.handover_slot_mb must be positive, got {handover_slot_mb!r}")
+        # training batches reach the main process through reused shared-memory slots (`data.handover`)
+        self.handover_slots, self.handover_slot_mb = handover_slots, float(handover_slot_mb)
         self.max_val_videos = max_val_videos  # cap on every dataset's val videos (its eval.max_videos wins)
         self.specs = {k: v for k, v in datasets.items() if tasks is None or v["task"] in tasks}
         if not self.specs:
@@ -221,7 +231,9 @@ class VidsegDataModule(pl.LightningDataModule):
         # the epoch Lightning is in (restored with the checkpoint); workers may prefetch before `set_epoch`
         self.batch_sampler.set_epoch(int(self._trainer_attr("current_epoch", self.batch_sampler.epoch)))
         set_clip_epoch(self.batch_sampler.epoch)
-        collate = CollateByDataset({n: self.task_of(n) for n in names})
+        collate: Any = CollateByDataset({n: self.task_of(n) for n in names})
+        if self.num_workers > 0 and self.handover_slots > 0:
+            collate = SlotHandover(collate, self.num_workers, self.handover_slots, self.handover_slot_mb)
         return DataLoader(
             concat, batch_sampler=self.batch_sampler, num_workers=self.num_workers, collate_fn=collate,
             persistent_workers=self.num_workers > 0,
