@@ -42,6 +42,7 @@ from vidseg.data.records import (
     FrameSource,
     VideoRecord,
 )
+from vidseg.data.rle_masks import RLEClipMasks
 from vidseg.data.sampling import ClipSampler
 from vidseg.data.transforms import ClipTransform
 
@@ -105,7 +106,8 @@ class ClipDataset(Dataset):
 
     reader_factory(source, backend) opens a video's frames (default: `vidseg.data.video.open_frames`); readers
     are opened lazily in the process that uses them (each DataLoader worker has its own), at most
-    `max_open_readers` at a time.
+    `max_open_readers` at a time. `rle_masks`: clips whose annotations are all RLEs hand them to the transform
+    as `RLEClipMasks` (never decoded at full size; False: decoded first, as label maps are).
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class ClipDataset(Dataset):
         prompts: bool = False,
         reader_factory: ReaderFactory | None = None,
         max_open_readers: int = 8,
+        rle_masks: bool = True,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -138,6 +141,7 @@ class ClipDataset(Dataset):
         self.prompts = bool(prompts) or task == "pet"
         self.reader_factory = reader_factory or _default_reader_factory
         self.max_open_readers = int(max_open_readers)
+        self.rle_masks = bool(rle_masks)  # RLE targets stay runs until the transform resizes them (`rle_masks`)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._class_index = dataset.category_index()
         self._semantic_lut = self._build_semantic_lut()
@@ -238,16 +242,27 @@ class ClipDataset(Dataset):
                 f"({video.frames.video_path or (video.frames.paths[0].parent if video.frames.paths else '')})"
             )
         anns = [self._annotation(video_index, video, f) for f in frame_indices]
-        labels = [a.decode() if a is not None else None for a in anns]
-        ids = self._target_ids([None if a is None else set(a.track_ids) | set(lab.masks)
-                                for a, lab in zip(anns, labels, strict=True)])
-        masks = self._stack_masks(video, frame_indices, labels, ids)  # checks every mask's size
-        semantic = self._semantic(video, frame_indices, labels) if self.with_semantic else None
+        masks: torch.Tensor | RLEClipMasks
+        if self.rle_masks and not self.with_semantic and all(a is None or a.label_map is None for a in anns):
+            present = [None if a is None else set(a.track_ids) | {k for k, r in (a.rles or {}).items() if r is not None}
+                       for a in anns]
+            ids = self._target_ids(present)
+            masks = RLEClipMasks(
+                [[None if a is None or a.rles is None else a.rles.get(tid) for a in anns] for tid in ids],
+                video.height, video.width,
+                where=lambda n, t: f"video {video.video_id!r} frame {frame_indices[t]} track {ids[n]}")
+            semantic = None
+        else:
+            labels = [a.decode() if a is not None else None for a in anns]
+            ids = self._target_ids([None if a is None else set(a.track_ids) | set(lab.masks)
+                                    for a, lab in zip(anns, labels, strict=True)])
+            masks = torch.from_numpy(self._stack_masks(video, frame_indices, labels, ids))  # checks mask sizes
+            semantic = self._semantic(video, frame_indices, labels) if self.with_semantic else None
         boxes = rle_boxes(anns, ids)  # saves the transform a pass over the masks
 
         reference = 0 if self.task in _PROMPT_TASKS else None
         out = self.transform(
-            torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(masks), rng=rng,
+            torch.from_numpy(pixels).permute(0, 3, 1, 2), masks, rng=rng,
             semantic=None if semantic is None else torch.from_numpy(semantic), reference_frame=reference,
             boxes=boxes,
         )

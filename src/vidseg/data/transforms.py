@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vidseg.data.records import IGNORE_LABEL, PAD_VALUE
+from vidseg.data.rle_masks import RLEClipMasks
 
 __all__ = ["ClipTransform", "TransformedClip", "colour_matrix", "resize_shape"]
 
@@ -229,8 +230,8 @@ class ClipTransform:
 
     # ------------------------------------------------------------------ parameter draws
     def _draw_crop(
-        self, masks: np.ndarray, boxes: np.ndarray, height: int, width: int, reference_frame: int | None,
-        rng: np.random.Generator,
+        self, masks: np.ndarray | RLEClipMasks, boxes: np.ndarray, height: int, width: int,
+        reference_frame: int | None, rng: np.random.Generator,
     ) -> tuple[int, int, int, int]:
         if self.crop_fraction is None:
             return 0, 0, height, width
@@ -238,19 +239,27 @@ class ClipTransform:
         cw = max(1, int(round(self.crop_fraction[1] * width)))
         if (ch, cw) == (height, width):
             return 0, 0, height, width
+        n, t = boxes.shape[:2]
+        flat_boxes = boxes.reshape(-1, 4)
         if reference_frame is not None:  # VOS: every non-empty prompt mask must survive the crop
-            present, present_boxes = masks[:, reference_frame], boxes[:, reference_frame]
-            visible = present_boxes[:, 1] > present_boxes[:, 0]
-            present, present_boxes = present[visible], present_boxes[visible]
+            present = np.arange(n) * t + reference_frame
+            present = present[flat_boxes[present, 1] > flat_boxes[present, 0]]
         else:  # any target in any frame
-            present = masks.reshape(-1, height, width) if masks.size else masks[:0, 0]
-            present_boxes = boxes.reshape(-1, 4)
+            present = np.arange(n * t)
+        dense = None
+        if not isinstance(masks, RLEClipMasks):
+            dense = masks.reshape(-1, height, width)
+            dense = dense if reference_frame is None else dense[present]
         for _ in range(self.crop_retries):
             y0 = int(rng.integers(0, height - ch + 1))
             x0 = int(rng.integers(0, width - cw + 1))
             if present.shape[0] == 0:
                 return y0, x0, ch, cw
-            inside = _has_pixels_in(present, present_boxes, (y0, y0 + ch, x0, x0 + cw))
+            window = (y0, y0 + ch, x0, x0 + cw)
+            if dense is None:
+                inside = masks.has_pixels_in(present, window)
+            else:
+                inside = _has_pixels_in(dense, flat_boxes[present], window)
             if inside.all() if reference_frame is not None else inside.any():
                 return y0, x0, ch, cw
         return 0, 0, height, width
@@ -259,7 +268,7 @@ class ClipTransform:
     def __call__(
         self,
         frames: torch.Tensor,
-        masks: torch.Tensor,
+        masks: torch.Tensor | RLEClipMasks,
         *,
         rng: np.random.Generator,
         semantic: torch.Tensor | None = None,
@@ -268,14 +277,19 @@ class ClipTransform:
         boxes: np.ndarray | None = None,
     ) -> TransformedClip:
         """Transform one clip. frames uint8 [T, 3, H, W] (any memory format), masks bool [N, T, H, W] (any
-        strides), semantic integer [T, H, W], points float [N, 2] (x, y), boxes: the masks' exact bounding
+        strides; or the same as `RLEClipMasks`, never decoded at full size), semantic integer [T, H, W], points
+        float [N, 2] (x, y), boxes: the masks' exact bounding
         boxes int [N, T, 4] (top, bottom, left, right; ends exclusive; zeros when empty), computed from the
         masks when not given. `reference_frame` (VOS/PET): the crop keeps every target's mask in that frame
         and targets are dropped when empty *there*; otherwise a target is dropped when empty in every frame."""
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"frames must be uint8 [T, 3, H, W], got {frames.dtype} {tuple(frames.shape)}")
         t, _, height, width = frames.shape
-        if masks.dtype != torch.bool or masks.dim() != 4 or tuple(masks.shape[1:]) != (t, height, width):
+        rle = isinstance(masks, RLEClipMasks)
+        if rle and tuple(masks.shape[1:]) != (t, height, width):
+            raise ValueError(f"masks must be [N, {t}, {height}, {width}], got RLE masks {masks.shape}")
+        if not rle and (masks.dtype != torch.bool or masks.dim() != 4
+                        or tuple(masks.shape[1:]) != (t, height, width)):
             raise ValueError(f"masks must be bool [N, {t}, {height}, {width}], got {masks.dtype} "
                              f"{tuple(masks.shape)}")
         if semantic is not None and tuple(semantic.shape) != (t, height, width):
@@ -283,7 +297,9 @@ class ClipTransform:
         if points is not None and tuple(points.shape) != (masks.shape[0], 2):
             raise ValueError(f"points must be [{masks.shape[0]}, 2], got {tuple(points.shape)}")
 
-        mask_array = masks.numpy()
+        mask_array = masks if rle else masks.numpy()
+        if boxes is None and rle:
+            raise ValueError("RLE masks need their boxes")
         if boxes is None:
             boxes = mask_boxes(mask_array)
         elif boxes.shape != (*masks.shape[:2], 4):
@@ -331,7 +347,10 @@ class ClipTransform:
         rows = _nearest_index(ch, out_h, y0, False)
         cols = _nearest_index(cw, out_w, x0, flip)
         padded = torch.zeros((masks.shape[0], t, pad_h, pad_w), dtype=torch.bool)
-        nonempty = torch.from_numpy(_resize_masks(mask_array, boxes, rows, cols, padded.numpy()))  # [N, T]
+        if rle:
+            nonempty = torch.from_numpy(mask_array.resize_into(rows, cols, padded.numpy()))  # [N, T]
+        else:
+            nonempty = torch.from_numpy(_resize_masks(mask_array, boxes, rows, cols, padded.numpy()))
         kept = nonempty[:, reference_frame] if reference_frame is not None else nonempty.any(1)
         keep = torch.nonzero(kept).flatten()
         out_masks = padded if keep.numel() == masks.shape[0] else padded[keep]
