@@ -52,6 +52,7 @@ from vidseg.data.sampling import InstanceClipSampler
 from vidseg.data.synthetic import ensure_synthetic
 from vidseg.data.transforms import ClipTransform
 from vidseg.data.video import open_frames
+from vidseg.data.worker_memory import WorkerMemory
 from vidseg.model.backbone import normalize_frames
 
 
@@ -82,7 +83,8 @@ def build_dataset(args: argparse.Namespace, **kw: Any) -> ClipDataset:
     min_dims = (round(0.75 * args.height),) if args.no_resize else (448, 512)
     transform = ClipTransform(min_dims=min_dims, max_dim=1024, crop_fraction=(0.75, 0.75))
     per_video = -(-args.clips // len(record.videos))
-    return ClipDataset(record, sampler, transform, task="vis", samples_per_video=per_video, seed=args.seed, **kw)
+    return ClipDataset(record, sampler, transform, task="vis", samples_per_video=per_video, seed=args.seed,
+                       rle_masks=not getattr(args, "no_rle_masks", False), **kw)
 
 
 def rate_pure_decode(ds: ClipDataset, n: int) -> tuple[float, float, float]:
@@ -139,8 +141,8 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def rate_loader(ds: ClipDataset, n: int, workers: int,
-                slots: bool = True) -> tuple[float, float | None, float | None]:
+def rate_loader(ds: ClipDataset, n: int, workers: int, slots: bool = True,
+                worker_heap: bool = True) -> tuple[float, float | None, float | None]:
     """(clips/s, worker CPU ms per clip, worker minor page faults per clip) of a DataLoader over items
     0..n+workers-1. The rate is taken in steady state (worker start-up and each worker's first clip excluded); the
     worker CPU time and faults (all workers, read from the joined worker processes' rusage; None without workers)
@@ -149,7 +151,8 @@ def rate_loader(ds: ClipDataset, n: int, workers: int,
     subset = Subset(ds, range(min(len(ds), n + skip)))
     collate = SlotHandover(ds.collate, workers, slots_per_worker=6) if workers and slots else ds.collate
     loader = DataLoader(subset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=collate,
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None,
+                        worker_init_fn=WorkerMemory() if workers and worker_heap else None)
     cpu_before, faults_before = _children_cpu_s(), _minor_faults(resource.RUSAGE_CHILDREN)
     batches = iter(loader)
     start, seen = 0.0, 0
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--width", type=int, default=854)
     p.add_argument("--videos", type=int, default=6)
     p.add_argument("--frames", type=int, default=36)
-    p.add_argument("--clips", type=int, default=60, help="clips per measurement")
+    p.add_argument("--clips", type=int, default=200,
+                   help="clips per measurement (workers persist in training: enough clips to amortise their start)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -192,6 +196,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-slots", action="store_true",
                    help="workers hand batches over torch's usual way (fresh shared memory per tensor), not through "
                         "the reused slots of vidseg.data.handover that training uses")
+    p.add_argument("--no-worker-heap", action="store_true",
+                   help="workers keep glibc's adaptive heap thresholds (training fixes them: data.worker_memory)")
+    p.add_argument("--no-rle-masks", action="store_true",
+                   help="decode every RLE target at full size first (training keeps them as runs: data.rle_masks)")
     p.add_argument("--profile", type=int, default=0, help="print the top-N functions of ClipDataset items")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -212,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cpu_ms[key].append(ms)
             faults[key].append(flt)
         for w in args.workers:
-            rate, worker_ms, worker_flt = rate_loader(ds, n, w, slots=not args.no_slots)
+            rate, worker_ms, worker_flt = rate_loader(ds, n, w, slots=not args.no_slots,
+                                                      worker_heap=not args.no_worker_heap)
             rounds[f"loader_w{w}"].append(rate)
             if worker_ms is not None:
                 cpu_ms.setdefault(f"loader_w{w}_workers", []).append(worker_ms)
@@ -237,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds": rounds,
         "cpu_ms_rounds": cpu_ms,
         "clip": {"frames": 3, "height": args.height, "width": args.width, "clips": n, "no_resize": args.no_resize,
-                 "slots": not args.no_slots,
+                 "slots": not args.no_slots, "worker_heap": not args.no_worker_heap,
+                 "rle_masks": not args.no_rle_masks,
                  "transform": repr(ds.transform), "sampler": repr(ds.sampler)},
         "machine": {**machine(), "load_avg_1min_at_start": load_start},
     }

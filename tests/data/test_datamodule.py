@@ -93,12 +93,13 @@ def test_rank_shard_partitions_without_repeats(length: int, world: int) -> None:
     assert [len(RankShard(length, r, world)) for r in range(world)] == [len(s) for s in shards]
 
 
-def test_worker_loaders_hand_over_through_slots_and_bad_slot_options_are_named() -> None:
+def test_worker_loaders_use_slots_and_fixed_heap_thresholds_and_bad_options_are_named() -> None:
     from vidseg.data.handover import SlotHandover
 
     dm = _datamodule(["data.num_workers=2", "data.handover_slots=3", "data.steps_per_epoch=2"])
     loader = dm.train_dataloader()
     assert isinstance(loader.collate_fn, SlotHandover) and loader.collate_fn.pool.slots_per_worker == 3
+    assert (loader.worker_init_fn.mmap_threshold_mb, loader.worker_init_fn.trim_threshold_mb) == (64, 256)
     batches = list(loader)
     assert len(batches) == 2 and loader.collate_fn.pool.slots_sent == 2
     assert not isinstance(_datamodule(["data.handover_slots=0", "data.num_workers=2"]).train_dataloader().collate_fn,
@@ -107,3 +108,5 @@ def test_worker_loaders_hand_over_through_slots_and_bad_slot_options_are_named()
         _datamodule(["data.handover_slots=-1"])
     with pytest.raises(ValueError, match="data.handover_slot_mb must be positive"):
         _datamodule(["data.handover_slot_mb=0"])
+    with pytest.raises(ValueError, match="data.worker_mmap_threshold_mb .*mmap_threshold_mb must be a positive"):
+        _datamodule(["data.worker_mmap_threshold_mb=-4"])

@@ -20,6 +20,7 @@ from vidseg.data.collate import collate_clips
 from vidseg.data.formats import get_format
 from vidseg.data.handover import SlotHandover
 from vidseg.data.records import Batch, ClipSample, DatasetRecord, VideoRecord
+from vidseg.data.worker_memory import WorkerMemory
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class VidsegDataModule(pl.LightningDataModule):
         max_val_videos: int | None = None,
         handover_slots: int = 4,
         handover_slot_mb: float = 64.0,
+        worker_mmap_threshold_mb: int = 64,
+        worker_trim_threshold_mb: int = 256,
     ) -> None:
         super().__init__()
         if not isinstance(handover_slots, int) or handover_slots < 0:
@@ -130,6 +133,13 @@ class VidsegDataModule(pl.LightningDataModule):
             raise ValueError(f"data.handover_slot_mb must be positive, got {handover_slot_mb!r}")
         # training batches reach the main process through reused shared-memory slots (`data.handover`)
         self.handover_slots, self.handover_slot_mb = handover_slots, float(handover_slot_mb)
+        # workers' glibc heap thresholds (`data.worker_memory`); 0 keeps glibc's adaptive ones
+        self.worker_memory: WorkerMemory | None = None
+        if worker_mmap_threshold_mb or worker_trim_threshold_mb:
+            try:
+                self.worker_memory = WorkerMemory(worker_mmap_threshold_mb, worker_trim_threshold_mb)
+            except ValueError as e:
+                raise ValueError(f"data.worker_mmap_threshold_mb / data.worker_trim_threshold_mb: {e}") from e
         self.max_val_videos = max_val_videos  # cap on every dataset's val videos (its eval.max_videos wins)
         self.specs = {k: v for k, v in datasets.items() if tasks is None or v["task"] in tasks}
         if not self.specs:
@@ -236,7 +246,7 @@ class VidsegDataModule(pl.LightningDataModule):
             collate = SlotHandover(collate, self.num_workers, self.handover_slots, self.handover_slot_mb)
         return DataLoader(
             concat, batch_sampler=self.batch_sampler, num_workers=self.num_workers, collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0, worker_init_fn=self.worker_memory,
         )
 
     def trained_micro_batches(self) -> int:
