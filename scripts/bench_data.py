@@ -16,6 +16,10 @@ a core to itself (its collate and the shared-memory hand-over of each batch incl
 of moving the resize to the device as well (not done; on the 2-core box it lifted `ratio` only from 0.20-0.23 to
 0.29-0.31).
 
+The DataLoader runs as training does: batches come back through `SlotHandover`'s reused shared-memory slots, workers
+fix their heap thresholds (`WorkerMemory`), RLE targets stay run lengths until resized (`RLEClipMasks`);
+`--no-slots`, `--no-worker-heap` and `--no-rle-masks` switch each off for comparison.
+
 What is not measured on the CPU: the training colour jitter. `ClipTransform` draws it per clip and returns it
 as a 3×4 colour map (`ClipSample.colour`); the model applies it on the accelerator while normalising the uint8
 frames (`normalize_frames`). `colour_on_device_ms` reports what that costs when run on *this CPU* for one clip
