@@ -164,3 +164,40 @@ def test_bad_pool_options_are_named(kwargs: dict, match: str) -> None:
     args = {"workers": 1, "slots_per_worker": 1, "slot_mb": 1.0} | kwargs
     with pytest.raises(ValueError, match=match):
         SlotHandover(collate_vos, **args)
+    with pytest.raises(ValueError, match="slots_per_worker must be a positive int"):
+        SlotHandover(collate_vos, workers=1, slots_per_worker=True)
+
+
+def test_a_worker_slot_owned_by_another_live_process_is_not_used() -> None:
+    import os
+    import subprocess
+    import sys
+
+    pool = SlotPool(2, 1, 4096)
+    pool.owners[0] = os.getppid()  # alive: e.g. a worker of a second DataLoader on the same pool
+    assert pool.acquire(0) is None and pool.acquire(1) == 1 and int(pool.owners[1]) == os.getpid()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pool.owners[0] = int(dead.stdout)  # a worker that has exited: its successor takes the slots over
+    assert pool.acquire(0) == 0 and int(pool.owners[0]) == os.getpid()
+
+
+def test_the_pool_is_not_copied_by_plain_pickling() -> None:
+    with pytest.raises(TypeError, match="only be sent to the DataLoader worker processes"):
+        pickle.dumps(SlotPool(1, 1, 4096))
+
+
+def test_without_shared_memory_for_the_pool_it_warns_and_leaves_batches_to_torch(monkeypatch) -> None:
+    original = torch.UntypedStorage._new_shared
+
+    def refuse_pools(size: int, **kw) -> torch.UntypedStorage:  # batches (< 1 MiB) still get shared memory
+        if size >= 2**20:
+            raise RuntimeError("unable to write to file </torch_1>: No space left on device (28)")
+        return original(size, **kw)
+
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", refuse_pools)
+    with pytest.warns(RuntimeWarning, match="No space left on device.*batches go torch's usual way"):
+        handover = SlotHandover(collate_vos, workers=1, slots_per_worker=2, slot_mb=1)
+    assert handover.pool is None
+    data = Clips(2)
+    got = next(iter(DataLoader(data, batch_size=2, num_workers=1, collate_fn=handover)))
+    assert_same_batch(got, collate_vos([data[0], data[1]]))

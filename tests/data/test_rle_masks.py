@@ -61,7 +61,7 @@ def test_resize_from_runs_equals_decode_then_gather(seed: int, crop: tuple, out_
     y0, x0, ch, cw = crop
     rows, cols = _nearest_index(ch, out_hw[0], y0, False), _nearest_index(cw, out_hw[1], x0, flip)
     out = np.zeros((3, 3, out_hw[0] + 5, out_hw[1] + 3), bool)
-    nonempty = RLEClipMasks(encode(dense, absent), H, W).resize_into(rows, cols, out)
+    nonempty = RLEClipMasks(encode(dense, absent), 3, H, W).resize_into(rows, cols, out)
     want = dense[:, :, rows][:, :, :, cols]
     assert np.array_equal(out[:, :, : out_hw[0], : out_hw[1]], want) and not out[:, :, out_hw[0]:].any()
     assert not out[:, :, :, out_hw[1]:].any() and np.array_equal(nonempty, want.any((-2, -1)))
@@ -69,7 +69,7 @@ def test_resize_from_runs_equals_decode_then_gather(seed: int, crop: tuple, out_
 
 def test_window_tests_equal_the_decoded_pixels() -> None:
     dense = masks_zoo(2)
-    rle = RLEClipMasks(encode(dense), H, W)
+    rle = RLEClipMasks(encode(dense), 3, H, W)
     g = np.random.default_rng(0)
     flat = dense.reshape(-1, H, W)
     for _ in range(40):
@@ -94,7 +94,7 @@ def test_transform_gives_the_same_clip_from_runs_and_from_decoded_masks(referenc
     for seed in range(12):
         a = transform(frames, torch.from_numpy(dense), rng=np.random.default_rng(seed), boxes=boxes,
                       reference_frame=reference)
-        b = transform(frames, RLEClipMasks(encode(dense), H, W), rng=np.random.default_rng(seed), boxes=boxes,
+        b = transform(frames, RLEClipMasks(encode(dense), 3, H, W), rng=np.random.default_rng(seed), boxes=boxes,
                       reference_frame=reference)
         assert a.crop == b.crop and a.flipped == b.flipped and torch.equal(a.keep, b.keep)
         assert torch.equal(a.masks, b.masks) and torch.equal(a.frames, b.frames)
@@ -128,10 +128,31 @@ def test_bad_strings_and_sizes_name_the_mask() -> None:
 
     broken = [[rles[0][0], {"size": [H, W], "counts": rles[0][1]["counts"][:-3]}]]
     with pytest.raises(AnnotationFormatError, match=r"video 'v' frame 11 track 1: RLE counts string"):
-        RLEClipMasks(broken, H, W, where=where)
+        RLEClipMasks(broken, 2, H, W, where=where)
     wrong = [[rles[0][0], {"size": [H + 1, W], "counts": rles[0][1]["counts"]}]]
     with pytest.raises(AnnotationFormatError, match=rf"video 'v' frame 11 track 1: mask of size {H + 1}x{W}"):
-        RLEClipMasks(wrong, H, W, where=where)
+        RLEClipMasks(wrong, 2, H, W, where=where)
     with pytest.raises(ValueError, match="RLE masks need their boxes"):
-        ClipTransform()(torch.zeros(2, 3, H, W, dtype=torch.uint8), RLEClipMasks(rles, H, W),
+        ClipTransform()(torch.zeros(2, 3, H, W, dtype=torch.uint8), RLEClipMasks(rles, 2, H, W),
                         rng=np.random.default_rng(0))
+
+
+def test_zero_targets_and_bad_arguments() -> None:
+    frames = torch.zeros(2, 3, H, W, dtype=torch.uint8)
+    empty = RLEClipMasks([], 2, H, W)
+    assert empty.shape == (0, 2, H, W)
+    out = ClipTransform(min_dims=(32,), max_dim=64)(frames, empty, rng=np.random.default_rng(0),
+                                                     boxes=np.zeros((0, 2, 4), np.int64))
+    assert out.masks.shape[:2] == (0, 2) and out.keep.numel() == 0
+    rles = RLEClipMasks(encode(masks_zoo(0)[:1, :2]), 2, H, W)
+    with pytest.raises(ValueError, match="every target needs 3 entries"):
+        RLEClipMasks(encode(masks_zoo(0)[:1, :2]), 3, H, W)
+    with pytest.raises(IndexError, match=r"mask indices must be in \[0, 2\)"):
+        rles.has_pixels_in(np.array([2]), (0, H, 0, W))
+    rows, cols = np.arange(H), np.arange(W)
+    with pytest.raises(ValueError, match="out must be C-contiguous bool"):
+        rles.resize_into(rows, cols, np.zeros((1, 2, H - 1, W), bool))
+    with pytest.raises(ValueError, match="rows must be non-decreasing"):
+        rles.resize_into(rows[::-1], cols, np.zeros((1, 2, H, W), bool))
+    with pytest.raises(ValueError, match="cols must be in"):
+        rles.resize_into(rows, cols + 1, np.zeros((1, 2, H, W), bool))

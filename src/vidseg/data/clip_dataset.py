@@ -249,7 +249,7 @@ class ClipDataset(Dataset):
             ids = self._target_ids(present)
             masks = RLEClipMasks(
                 [[None if a is None or a.rles is None else a.rles.get(tid) for a in anns] for tid in ids],
-                video.height, video.width,
+                len(anns), video.height, video.width,
                 where=lambda n, t: f"video {video.video_id!r} frame {frame_indices[t]} track {ids[n]}")
             semantic = None
         else:

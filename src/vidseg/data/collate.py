@@ -73,7 +73,7 @@ def stack_for_handover(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack(list(tensors))
     size, numel = (n, *first.shape), first.numel()
     stride = (numel, *first.stride()) if same else torch.empty(size, device="meta").stride()
-    writer = current_slot_writer() if shared else None
+    writer = current_slot_writer() if shared and first.device.type == "cpu" else None
     out = None if writer is None else writer.empty_strided(size, stride, first.dtype)  # the hand-over slot
     if out is None and shared:
         flat = first.new(first._typed_storage()._new_shared(n * numel, device=first.device))

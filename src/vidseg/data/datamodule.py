@@ -121,25 +121,26 @@ class VidsegDataModule(pl.LightningDataModule):
         samples_per_video: int = 1000,
         max_val_videos: int | None = None,
         handover_slots: int = 4,
-        handover_slot_mb: float = 64.0,
+        handover_slot_mb: float = 16.0,
         worker_mmap_threshold_mb: int = 64,
         worker_trim_threshold_mb: int = 256,
     ) -> None:
         super().__init__()
-        if not isinstance(handover_slots, int) or handover_slots < 0:
+        if not isinstance(handover_slots, int) or isinstance(handover_slots, bool) or handover_slots < 0:
             raise ValueError(f"data.handover_slots must be an int >= 0 (0: torch's own hand-over), got "
                              f"{handover_slots!r}")
         if not handover_slot_mb > 0:
             raise ValueError(f"data.handover_slot_mb must be positive, got {handover_slot_mb!r}")
         # training batches reach the main process through reused shared-memory slots (`data.handover`)
         self.handover_slots, self.handover_slot_mb = handover_slots, float(handover_slot_mb)
-        # workers' glibc heap thresholds (`data.worker_memory`); 0 keeps glibc's adaptive ones
+        # workers' glibc heap thresholds (`data.worker_memory`); both 0 keep glibc's adaptive ones
         self.worker_memory: WorkerMemory | None = None
         if worker_mmap_threshold_mb or worker_trim_threshold_mb:
             try:
                 self.worker_memory = WorkerMemory(worker_mmap_threshold_mb, worker_trim_threshold_mb)
             except ValueError as e:
-                raise ValueError(f"data.worker_mmap_threshold_mb / data.worker_trim_threshold_mb: {e}") from e
+                raise ValueError(f"data.worker_mmap_threshold_mb / data.worker_trim_threshold_mb: {e} (both 0: "
+                                 "glibc's adaptive thresholds)") from e
         self.max_val_videos = max_val_videos  # cap on every dataset's val videos (its eval.max_videos wins)
         self.specs = {k: v for k, v in datasets.items() if tasks is None or v["task"] in tasks}
         if not self.specs:

@@ -6,23 +6,30 @@ ms to copy 6 MB into fresh shared memory against 0.23 ms into memory already map
 the clip's JPEGs; each small tensor (ids, points, colour map) also costs a file of its own.
 
 `SlotHandover` wraps a collate function. Its `SlotPool` is mapped once, by the process that builds the
-DataLoader, before the workers start (forked workers inherit it, spawned ones receive it by file descriptor).
-Each worker owns `slots_per_worker` fixed slots. A worker collates straight into one of its free slots
-(`collate.stack_for_handover` allocates there; every other tensor is copied in after) and sends only the
-layout. The receiving process rebuilds the batch as views of the slot, and the slot becomes free again when the
-last of those tensors is freed (a finalizer on the slot's lease). When a worker has no free slot, or a batch
-does not fit its slot, the batch goes torch's usual way: the hand-over never waits and never overwrites a tensor
-that is still in use. Slots left busy by batches that were never received (an iterator dropped mid-epoch) stay
-busy, so those workers fall back for good rather than risk it.
+DataLoader, before the workers start (forked workers inherit it; spawned ones receive it as torch sends shared
+storages). Torch reserves the whole pool up front (fallocate), so it costs workers x slots x slot size of shared
+memory; if that cannot be had, the handover warns and leaves batches to torch. Each worker owns `slots_per_worker`
+fixed slots. A worker collates straight into one of its free slots (`collate.stack_for_handover` allocates there;
+every other tensor is copied in after) and sends only the layout. The receiving process rebuilds the batch as views
+of the slot, and the slot becomes free again when the last of those tensors is freed (a finalizer on the slot's
+lease). When a worker has no free slot, the batch goes torch's usual way, as does any tensor that does not fit in
+what is left of the slot: the hand-over never waits and never overwrites a tensor that is still in use. Slots left
+busy by batches that were never received (an iterator dropped mid-epoch) stay busy, so those workers fall back for
+good rather than risk it.
+
+Limits: the collate's result must hold its tensors in dataclasses, lists, tuples and dicts (as `Batch` does), and one
+`SlotHandover` serves one DataLoader: a worker slot already claimed by another live process is not used.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import multiprocessing.context
 import os
 import threading
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -39,29 +46,32 @@ _ACTIVE = threading.local()  # the slot a worker's collate call is filling
 
 
 class SlotPool:
-    """`workers` × `slots_per_worker` slots of `slot_bytes` each in one shared-memory mapping, plus a busy flag
-    per slot (set by the worker that fills it, cleared by the receiving process when the batch is freed) and
-    counters of batches sent through slots and the usual way. Pages are committed on first use only."""
+    """`workers` × `slots_per_worker` slots of `slot_bytes` each in one shared-memory mapping (reserved up front),
+    plus a busy flag per slot (set by the worker that fills it, cleared by the receiving process when the batch is
+    freed), the process id that owns each worker's slots, and per-worker counters of batches sent through slots and
+    the usual way (a last row for worker ids beyond `workers`)."""
 
     def __init__(self, workers: int, slots_per_worker: int, slot_bytes: int) -> None:
         for name, value in (("workers", workers), ("slots_per_worker", slots_per_worker),
                             ("slot_bytes", slot_bytes)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SlotPool: {name} must be a positive int, got {value!r}")
         self.workers, self.slots_per_worker = workers, slots_per_worker
         self.slot_bytes = -(-slot_bytes // _ALIGN) * _ALIGN
         n = workers * slots_per_worker
         self.storage = torch.UntypedStorage._new_shared(n * self.slot_bytes)
         self.busy = torch.zeros(n, dtype=torch.int32).share_memory_()
+        self.owners = torch.zeros(workers, dtype=torch.int64).share_memory_()  # pid filling each worker's slots
         # per worker: [batches through a slot, batches the usual way]
-        self.counts = torch.zeros(workers, 2, dtype=torch.int64).share_memory_()
+        self.counts = torch.zeros(workers + 1, 2, dtype=torch.int64).share_memory_()
         self.key = uuid.uuid4().hex
-        self._owner = os.getpid()
         self._views: dict[str, np.ndarray] = {}
         _POOLS[self.key] = self
 
-    def __getstate__(self) -> dict[str, Any]:  # spawned workers: the tensors travel by file descriptor
-        state = dict(self.__dict__)
+    def __getstate__(self) -> dict[str, Any]:
+        if multiprocessing.context.get_spawning_popen() is None:  # a plain pickle/deepcopy would copy the pool
+            raise TypeError("a SlotPool can only be sent to the DataLoader worker processes it serves")
+        state = dict(self.__dict__)  # spawned workers: torch sends the shared storages, not their bytes
         state["_views"] = {}
         return state
 
@@ -89,8 +99,9 @@ class SlotPool:
         return int(self.busy.sum())
 
     def acquire(self, worker: int) -> int | None:
-        """A free slot of `worker` (now marked busy), or None when all of its slots are in use."""
-        if not 0 <= worker < self.workers:
+        """A free slot of `worker` (now marked busy), or None when all of its slots are in use, `worker` is beyond
+        the pool, or another live process owns that worker's slots (a second DataLoader on this pool)."""
+        if not 0 <= worker < self.workers or not self._own(worker):
             return None
         busy = self._view("busy")
         first = worker * self.slots_per_worker
@@ -99,6 +110,18 @@ class SlotPool:
                 busy[slot] = 1
                 return slot
         return None
+
+    def _own(self, worker: int) -> bool:
+        owners, me = self._view("owners"), os.getpid()
+        owner = int(owners[worker])
+        if owner != me:
+            if owner and _alive(owner):
+                return False
+            owners[worker] = me
+        return True
+
+    def count(self, worker: int, through_slot: bool) -> None:
+        self._view("counts")[min(worker, self.workers), 0 if through_slot else 1] += 1
 
     def release(self, slot: int) -> None:
         self._view("busy")[slot] = 0
@@ -119,6 +142,16 @@ class SlotPool:
 
 def _clear_flag(busy: np.ndarray, slot: int) -> None:
     busy[slot] = 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class SlotTensor(NamedTuple):
@@ -240,21 +273,28 @@ def receive_slot_batch(key: str, slot: int, skeleton: Any) -> Any:
 class SlotHandover:
     """A collate function that hands its batches over through a `SlotPool` when run in a DataLoader worker (and
     is `collate_fn` itself in the main process). `slots_per_worker` should cover the DataLoader's
-    `prefetch_factor` plus the batches the consumer holds at once; beyond that, batches go the usual way."""
+    `prefetch_factor` plus the batches the consumer holds at once; beyond that, batches go the usual way. When the
+    pool's shared memory cannot be reserved, it warns and every batch goes the usual way (`pool` is None)."""
 
     def __init__(self, collate_fn: Callable[[list[Any]], Any], workers: int, slots_per_worker: int = 4,
-                 slot_mb: float = 64.0) -> None:
-        if slot_mb <= 0:
+                 slot_mb: float = 16.0) -> None:
+        if isinstance(slot_mb, bool) or not slot_mb > 0:
             raise ValueError(f"SlotHandover: slot_mb must be positive, got {slot_mb!r}")
         self.collate_fn = collate_fn
-        self.pool = SlotPool(workers, slots_per_worker, int(slot_mb * 2**20))
+        self.pool: SlotPool | None = None
+        try:
+            self.pool = SlotPool(workers, slots_per_worker, int(slot_mb * 2**20))
+        except RuntimeError as e:  # e.g. /dev/shm too small for the reservation
+            warnings.warn(f"SlotHandover: no shared-memory pool of {workers} x {slots_per_worker} x {slot_mb} MiB "
+                          f"({e}); batches go torch's usual way", RuntimeWarning, stacklevel=2)
 
     def __call__(self, samples: list[Any]) -> Any:
         info = get_worker_info()
-        slot = None if info is None else self.pool.acquire(info.id)
+        if info is None or self.pool is None:
+            return self.collate_fn(samples)
+        slot = self.pool.acquire(info.id)
         if slot is None:
-            if info is not None and info.id < self.pool.workers:
-                self.pool.counts[info.id, 1] += 1
+            self.pool.count(info.id, through_slot=False)
             return self.collate_fn(samples)
         writer = SlotWriter(self.pool, slot)
         _ACTIVE.writer = writer
@@ -266,5 +306,5 @@ class SlotHandover:
             raise
         finally:
             _ACTIVE.writer = None
-        self.pool.counts[info.id, 0] += 1
+        self.pool.count(info.id, through_slot=True)
         return SlotBatch(self.pool.key, slot, skeleton)

@@ -11,7 +11,7 @@ errors naming the video, track and frame.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numba
 import numpy as np
@@ -76,11 +76,15 @@ def _any_in(runs, offsets, masks, height, top, bottom, left, right, out):  # pra
 
 class RLEClipMasks:
     """bool [N, T, H, W] masks given as an N x T grid of compressed COCO RLEs (None: absent, all False), decoded
-    to run lengths once. `where(n, t)` names a mask in error messages (video, track, frame)."""
+    to run lengths once; N may be 0. `where(n, t)` names a mask in error messages (video, track, frame)."""
 
-    def __init__(self, rles: Sequence[Sequence[RLE | None]], height: int, width: int, where=None) -> None:
+    def __init__(self, rles: Sequence[Sequence[RLE | None]], frames: int, height: int, width: int,
+                 where: Callable[[int, int], str] | None = None) -> None:
         self.height, self.width = int(height), int(width)
-        n, t = len(rles), len(rles[0]) if rles else 0
+        n, t = len(rles), int(frames)
+        if any(len(row) != t for row in rles):
+            raise ValueError(f"RLEClipMasks: every target needs {t} entries (one per frame), got "
+                             f"{sorted({len(row) for row in rles})}")
         self.shape = (n, t, self.height, self.width)
         name = where or (lambda i, j: f"mask ({i}, {j})")
         present, strings = [], []
@@ -107,8 +111,11 @@ class RLEClipMasks:
     def has_pixels_in(self, masks: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
         """bool [len(masks)]: whether each flat mask index n * T + t has a pixel in (top, bottom, left, right)."""
         top, bottom, left, right = (int(v) for v in window)
+        masks = np.asarray(masks, np.int64)
+        if masks.size and not (masks.min() >= 0 and masks.max() < self.shape[0] * self.shape[1]):
+            raise IndexError(f"RLEClipMasks: mask indices must be in [0, {self.shape[0] * self.shape[1]})")
         out = np.zeros(len(masks), dtype=bool)
-        _any_in(self._runs, self._offsets, np.asarray(masks, np.int64), self.height, top, bottom, left, right, out)
+        _any_in(self._runs, self._offsets, masks, self.height, top, bottom, left, right, out)
         return out
 
     def resize_into(self, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -116,6 +123,14 @@ class RLEClipMasks:
         output pixel (i, j) takes source pixel (rows[i], cols[j]); rows non-decreasing, cols monotonic. Returns
         bool [N, T]: output mask non-empty."""
         n, t = self.shape[:2]
+        if (out.dtype != np.bool_ or out.shape[:2] != (n, t) or out.shape[2] < len(rows) or out.shape[3] < len(cols)
+                or not out.flags.c_contiguous):
+            raise ValueError(f"RLEClipMasks.resize_into: out must be C-contiguous bool [{n}, {t}, >={len(rows)}, "
+                             f">={len(cols)}], got {out.dtype} {out.shape}")
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.height or np.any(np.diff(rows) < 0)):
+            raise ValueError(f"RLEClipMasks.resize_into: rows must be non-decreasing in [0, {self.height})")
+        if len(cols) and (cols.min() < 0 or cols.max() >= self.width):
+            raise ValueError(f"RLEClipMasks.resize_into: cols must be in [0, {self.width})")
         row_start = np.searchsorted(rows, np.arange(self.height + 1), side="left").astype(np.int64)
         xs = np.arange(self.width)
         if len(cols) < 2 or cols[0] <= cols[-1]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+import warnings
 
 __all__ = ["WorkerMemory", "fix_malloc_thresholds"]
 
@@ -28,8 +29,9 @@ def fix_malloc_thresholds(mmap_threshold_mb: int, trim_threshold_mb: int) -> boo
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold_mb) << 20)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, int(trim_threshold_mb) << 20))
+    mmap_ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold_mb) << 20)
+    trim_ok = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold_mb) << 20)
+    return bool(mmap_ok) and bool(trim_ok)
 
 
 class WorkerMemory:
@@ -37,9 +39,12 @@ class WorkerMemory:
 
     def __init__(self, mmap_threshold_mb: int = 64, trim_threshold_mb: int = 256) -> None:
         for name, value in (("mmap_threshold_mb", mmap_threshold_mb), ("trim_threshold_mb", trim_threshold_mb)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"WorkerMemory: {name} must be a positive int, got {value!r}")
         self.mmap_threshold_mb, self.trim_threshold_mb = mmap_threshold_mb, trim_threshold_mb
 
     def __call__(self, worker_id: int) -> None:
-        fix_malloc_thresholds(self.mmap_threshold_mb, self.trim_threshold_mb)
+        if not fix_malloc_thresholds(self.mmap_threshold_mb, self.trim_threshold_mb) and worker_id == 0:
+            warnings.warn(f"WorkerMemory: glibc mallopt refused or is missing (mmap {self.mmap_threshold_mb} MiB, "
+                          f"trim {self.trim_threshold_mb} MiB); workers keep the allocator's defaults",
+                          RuntimeWarning, stacklevel=2)
