@@ -88,7 +88,7 @@ def build_dataset(args: argparse.Namespace, **kw: Any) -> ClipDataset:
     transform = ClipTransform(min_dims=min_dims, max_dim=1024, crop_fraction=(0.75, 0.75))
     per_video = -(-args.clips // len(record.videos))
     return ClipDataset(record, sampler, transform, task="vis", samples_per_video=per_video, seed=args.seed,
-                       rle_masks=not getattr(args, "no_rle_masks", False), **kw)
+                       rle_masks=not args.no_rle_masks, **kw)
 
 
 def rate_pure_decode(ds: ClipDataset, n: int) -> tuple[float, float, float]:
@@ -138,6 +138,25 @@ def colour_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
             normalize_frames(frames, **kw)
             best[name] = min(best[name], time.perf_counter() - start)
     return 1000.0 * (best["colour"] - best["plain"])
+
+
+def handover_copy_ms(nbytes: int = 6_000_000, repeats: int = 30) -> dict[str, float]:
+    """CPU ms to copy `nbytes` into fresh shared memory (torch's usual hand-over allocates a new file per batch)
+    against into shared memory already mapped and touched (a reused `SlotHandover` slot), medians of `repeats`."""
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8)
+    slot = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+    slot.copy_(src)
+    times: dict[str, list[float]] = {"fresh_shared": [], "reused_slot": []}
+    for _ in range(repeats):
+        start = time.process_time()
+        fresh = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+        fresh.copy_(src)
+        times["fresh_shared"].append(time.process_time() - start)
+        del fresh
+        start = time.process_time()
+        slot.copy_(src)
+        times["reused_slot"].append(time.process_time() - start)
+    return {k: 1000.0 * statistics.median(v) for k, v in times.items()}
 
 
 def _children_cpu_s() -> float:
@@ -247,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "minor_faults_per_clip": {k: statistics.median(v) for k, v in faults.items()},
         "non_decode_cpu_ms_per_clip": cpu["dataset_items"] - cpu["pure_decode"],
         "colour_on_device_ms": colour_on_device_ms(ds),
+        "handover_copy_6mb_ms": handover_copy_ms(),
         "rounds": rounds,
         "cpu_ms_rounds": cpu_ms,
         "clip": {"frames": 3, "height": args.height, "width": args.width, "clips": n, "no_resize": args.no_resize,
@@ -276,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"CPU time: items/decode {result['ratio_items_cpu']:.2f}x of decode's rate, non-decode work "
           f"{result['non_decode_cpu_ms_per_clip']:.2f} ms/clip; colour jitter moved to the device: "
           f"{result['colour_on_device_ms']:.2f} ms/clip if run on this CPU")
+    copy = result["handover_copy_6mb_ms"]
+    print(f"copying 6 MB into fresh shared memory: {copy['fresh_shared']:.2f} ms CPU, into a reused slot: "
+          f"{copy['reused_slot']:.2f} ms")
     flt = result["minor_faults_per_clip"]
     print("minor page faults per clip: " + ", ".join(f"{k} {v:.0f}" for k, v in flt.items()))
     if args.profile:

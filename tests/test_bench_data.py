@@ -29,3 +29,4 @@ def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> Non
     clip = written["clip"]
     assert (clip["slots"], clip["worker_heap"], clip["rle_masks"]) == ((not switches,) * 3)
     assert written["cpu_ms_per_clip"]["loader_w2_workers"] > 0 and written["machine"]["cores"] >= 1
+    assert set(written["handover_copy_6mb_ms"]) == {"fresh_shared", "reused_slot"}

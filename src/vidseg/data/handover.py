@@ -1,9 +1,10 @@
 """Handing batches from DataLoader workers to the main process through reused shared-memory slots.
 
 Torch's DataLoader moves each tensor of a worker's batch into a fresh shared-memory file, and every page of that
-file is a page fault the first time the worker writes it. On the 2-core VM this costs about 4.5 µs a page (6.6
-ms to copy 6 MB into fresh shared memory against 0.23 ms into memory already mapped), about as much as decoding
-the clip's JPEGs; each small tensor (ids, points, colour map) also costs a file of its own.
+file is a page fault the first time the worker writes it. On the 2-core VM, copying 6 MB into fresh shared memory
+cost 4.8-5.1 ms of CPU against 0.6-0.8 ms into memory already mapped (`scripts/bench_data.py`,
+`handover_copy_6mb_ms`), a third of decoding the clip's JPEGs; each small tensor (ids, points, colour map) also
+costs a file of its own.
 
 `SlotHandover` wraps a collate function. Its `SlotPool` is mapped once, by the process that builds the
 DataLoader, before the workers start (forked workers inherit it; spawned ones receive it as torch sends shared
@@ -91,7 +92,8 @@ class SlotPool:
 
     @property
     def fallbacks(self) -> int:
-        """Batches that went torch's usual way: no free slot, or too large for one."""
+        """Batches that went torch's usual way because their worker had no free slot (a tensor that does not fit in
+        its batch's slot also goes that way, but its batch counts as sent through the slot)."""
         return int(self.counts[:, 1].sum())
 
     def busy_slots(self) -> int:
@@ -191,20 +193,12 @@ class SlotWriter:
         start = t.untyped_storage().data_ptr() + t.storage_offset() * item - self._ptr - self._start
         if t.untyped_storage().data_ptr() == self._ptr and 0 <= start < self.pool.slot_bytes:
             return SlotTensor(start, tuple(t.shape), tuple(t.stride()), t.dtype)
-        stride = tuple(t.stride()) if _dense(t) else _contiguous_stride(tuple(t.shape))
+        stride = tuple(t.stride()) if _dense(t) else torch.empty(t.shape, device="meta").stride()
         dest = self.empty_strided(tuple(t.shape), stride, t.dtype)
         if dest is None:
             return t
         dest.copy_(t)
         return SlotTensor(dest.storage_offset() * item - self._start, tuple(t.shape), stride, t.dtype)
-
-
-def _contiguous_stride(size: tuple[int, ...]) -> tuple[int, ...]:
-    stride, acc = [], 1
-    for n in reversed(size):
-        stride.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(stride))
 
 
 def _dense(t: torch.Tensor) -> bool:

@@ -92,7 +92,9 @@ class RLEClipMasks:
             for j, rle in enumerate(row):
                 if rle is None:
                     continue
-                size = [int(s) for s in rle.get("size", ())]
+                if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+                    raise AnnotationFormatError(f"{name(i, j)}: an RLE needs 'size' and 'counts', got {rle!r:.80}")
+                size = [int(s) for s in rle["size"]]
                 if size != [self.height, self.width]:
                     raise AnnotationFormatError(f"{name(i, j)}: mask of size {'x'.join(map(str, size))}, the video "
                                                 f"is {self.height}x{self.width}")

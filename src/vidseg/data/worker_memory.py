@@ -1,10 +1,11 @@
 """Fixed glibc heap thresholds for DataLoader workers, so their per-clip buffers come back from the heap.
 
 Why: glibc serves large allocations with fresh `mmap`s (its threshold adapts only up to the largest block freed so
-far) and trims the heap top eagerly, so each clip's decoded frames, crops and output tensors are fresh pages,
-each a page fault. On the 2-core VM that was 1,400-2,200 faults per 480p clip, and a clip took 19.6-24.5 ms;
-with the thresholds fixed (64 / 256 MiB) it took 15.0-15.8 ms, with no faults (README "Benchmarks").
-Workers only: in the training process the same setting left the step time unchanged (README, session 11).
+far) and trims the heap top eagerly, so each clip's decoded frames, crops and output tensors can be fresh pages,
+each a page fault: 1,350-1,900 per 480p clip for items in one process on the 2-core VM. In DataLoader workers,
+behind the slot hand-over, `bench_data.py` measured a small gain (226 against 348 faults per clip, ratio 0.53
+against 0.50, within noise). Workers only: in the training process the same setting left the step time unchanged
+(README, session 11).
 """
 
 from __future__ import annotations
