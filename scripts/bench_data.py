@@ -12,18 +12,17 @@ the workers: less sensitive to other jobs on a shared machine. items − decode 
 non-decode work; `ratio_worker_cpu` = decode CPU ms ÷ worker CPU ms per clip is what one worker reaches with
 a core to itself (its collate and the shared-memory hand-over of each batch included).
 
-`--no-resize` keeps each 0.75 crop at its decoded size instead of resizing it to a 448/512 short side: the ceiling
-of moving the resize to the device as well (not done; on the 2-core box it lifted `ratio` only from 0.20-0.23 to
-0.29-0.31).
-
 The DataLoader runs as training does: batches come back through `SlotHandover`'s reused shared-memory slots, workers
-fix their heap thresholds (`WorkerMemory`), RLE targets stay run lengths until resized (`RLEClipMasks`);
-`--no-slots`, `--no-worker-heap` and `--no-rle-masks` switch each off for comparison.
+fix their heap thresholds (`WorkerMemory`), RLE targets stay run lengths until resized (`RLEClipMasks`), and each
+training crop is handed over as decoded, its flip, resize and padding left to the device (`data.resize_on_device`,
+`vidseg.data.frame_resize`); `--no-slots`, `--no-worker-heap`, `--no-rle-masks` and `--no-device-resize` switch each
+off for comparison. `--no-resize` keeps each 0.75 crop at its decoded size (no resize anywhere).
 
-What is not measured on the CPU: the training colour jitter. `ClipTransform` draws it per clip and returns it
-as a 3×4 colour map (`ClipSample.colour`); the model applies it on the accelerator while normalising the uint8
-frames (`normalize_frames`). `colour_on_device_ms` reports what that costs when run on *this CPU* for one clip
-(normalise with the map minus normalise without), i.e. the work moved off the data workers. The per-worker
+What is not measured on the CPU: the work moved to the device. `ClipTransform` draws the colour jitter per clip and
+returns it as a 3×4 colour map (`ClipSample.colour`); the model applies it on the accelerator while normalising the
+uint8 frames (`normalize_frames`); and `Batch.to(device)` flips, resizes and pads the crops there.
+`colour_on_device_ms` and `resize_on_device_ms` report what each costs when run on *this CPU* for one clip (for the
+colour: normalise with the map minus normalise without), i.e. the work moved off the data workers. The per-worker
 `ratio` also needs a free core per worker plus one for the consuming process; on a machine with fewer (see
 `machine.load_avg_1min`), it measures the machine, not the pipeline.
 
@@ -82,11 +81,11 @@ def build_dataset(args: argparse.Namespace, **kw: Any) -> ClipDataset:
                            videos_train=args.videos, videos_val=1, frames=args.frames)
     record = get_format("ytvis").read(root, "train")
     sampler = InstanceClipSampler(num_frames=3, factor=7.5)
-    # --no-resize: the crop comes out at its decoded size (short side 0.75 x height), i.e. the ceiling of moving the
-    # resize to the device as the colour jitter was
+    # --no-resize: the crop comes out at its decoded size (short side 0.75 x height)
     min_dims = (round(0.75 * args.height),) if args.no_resize else (448, 512)
-    transform = ClipTransform(min_dims=min_dims, max_dim=1024, crop_fraction=(0.75, 0.75))
     per_video = -(-args.clips // len(record.videos))
+    transform = ClipTransform(min_dims=min_dims, max_dim=1024, crop_fraction=(0.75, 0.75),
+                              resize_on_device=not args.no_device_resize)
     return ClipDataset(record, sampler, transform, task="vis", samples_per_video=per_video, seed=args.seed,
                        rle_masks=not args.no_rle_masks, **kw)
 
@@ -125,7 +124,7 @@ def _minor_faults(who: int) -> int:
 def colour_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
     """CPU ms per clip of the device-side colour jitter: normalise with the clip's map minus without, each
     the fastest of `repeats` interleaved timings (the machine may be shared)."""
-    sample = ds[0]
+    sample = ds.collate([ds[0]]).to("cpu").samples[0]  # frames finished as on the device
     frames, t = sample.frames, sample.frames.shape[0]
     if sample.colour is None:
         return 0.0
@@ -138,6 +137,20 @@ def colour_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
             normalize_frames(frames, **kw)
             best[name] = min(best[name], time.perf_counter() - start)
     return 1000.0 * (best["colour"] - best["plain"])
+
+
+def resize_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
+    """CPU ms per clip of `Batch.to` finishing a one-clip batch's frames (flip, resize, pad) on *this CPU*, the
+    fastest of `repeats` (0 with --no-device-resize: the workers did it)."""
+    batch = ds.collate([ds[0]])
+    if batch.device_resize is None:
+        return 0.0
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        batch.to("cpu")
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best
 
 
 def handover_copy_ms(nbytes: int = 6_000_000, repeats: int = 30) -> dict[str, float]:
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resize", action="store_true",
-                   help="crops keep their decoded size (no CPU resize): the ceiling of a resize on the device")
+                   help="crops keep their decoded size (no resize, on the CPU or the device)")
     p.add_argument("--no-slots", action="store_true",
                    help="workers hand batches over torch's usual way (fresh shared memory per tensor), not through "
                         "the reused slots of vidseg.data.handover that training uses")
@@ -223,6 +236,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="workers keep glibc's adaptive heap thresholds (training fixes them: data.worker_memory)")
     p.add_argument("--no-rle-masks", action="store_true",
                    help="decode every RLE target at full size first (training keeps them as runs: data.rle_masks)")
+    p.add_argument("--no-device-resize", action="store_true",
+                   help="workers flip, resize and pad the crops (training leaves that to the device: "
+                        "data.resize_on_device)")
     p.add_argument("--profile", type=int, default=0, help="print the top-N functions of ClipDataset items")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -266,12 +282,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "minor_faults_per_clip": {k: statistics.median(v) for k, v in faults.items()},
         "non_decode_cpu_ms_per_clip": cpu["dataset_items"] - cpu["pure_decode"],
         "colour_on_device_ms": colour_on_device_ms(ds),
+        "resize_on_device_ms": resize_on_device_ms(ds),
         "handover_copy_6mb_ms": handover_copy_ms(),
         "rounds": rounds,
         "cpu_ms_rounds": cpu_ms,
         "clip": {"frames": 3, "height": args.height, "width": args.width, "clips": n, "no_resize": args.no_resize,
                  "slots": not args.no_slots, "worker_heap": not args.no_worker_heap,
-                 "rle_masks": not args.no_rle_masks,
+                 "rle_masks": not args.no_rle_masks, "device_resize": not args.no_device_resize,
                  "transform": repr(ds.transform), "sampler": repr(ds.sampler)},
         "machine": {**machine(), "load_avg_1min_at_start": load_start},
     }
@@ -295,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"decode's rate (decode CPU ms / worker CPU ms per clip)")
     print(f"CPU time: items/decode {result['ratio_items_cpu']:.2f}x of decode's rate, non-decode work "
           f"{result['non_decode_cpu_ms_per_clip']:.2f} ms/clip; colour jitter moved to the device: "
-          f"{result['colour_on_device_ms']:.2f} ms/clip if run on this CPU")
+          f"{result['colour_on_device_ms']:.2f} ms/clip if run on this CPU; the crops' resize moved to the device: "
+          f"{result['resize_on_device_ms']:.2f} ms/clip if run on this CPU")
     copy = result["handover_copy_6mb_ms"]
     print(f"copying 6 MB into fresh shared memory: {copy['fresh_shared']:.2f} ms CPU, into a reused slot: "
           f"{copy['reused_slot']:.2f} ms")

@@ -1,6 +1,6 @@
 """scripts/bench_data.py runs end to end on a small dataset and writes the figures #2 asks for: the headline
 `ratio` at the top level of its JSON, next to the pure-decode and per-worker rates it is made of, and the
-switches that turn the slots, the worker heap thresholds and the RLE masks off."""
+switches that turn the slots, the worker heap thresholds, the RLE masks and the resize on the device off."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_data  # noqa: E402
 
 
-@pytest.mark.parametrize("switches", [[], ["--no-slots", "--no-worker-heap", "--no-rle-masks"]])
+@pytest.mark.parametrize("switches", [[], ["--no-slots", "--no-worker-heap", "--no-rle-masks",
+                                                "--no-device-resize"]])
 def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> None:
     out = tmp_path / "bench.json"
     result = bench_data.main(["--cache", str(tmp_path / "cache"), "--height", "96", "--width", "128", "--videos", "2",
@@ -27,6 +28,7 @@ def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> Non
     assert set(rates) == {"pure_decode", "dataset_items", "loader_w0", "loader_w2"} and min(rates.values()) > 0
     assert written["ratio"] == pytest.approx(rates["loader_w2"] / 2 / rates["pure_decode"])
     clip = written["clip"]
-    assert (clip["slots"], clip["worker_heap"], clip["rle_masks"]) == ((not switches,) * 3)
+    assert (clip["slots"], clip["worker_heap"], clip["rle_masks"], clip["device_resize"]) == ((not switches,) * 4)
+    assert (written["resize_on_device_ms"] > 0) == (not switches)  # measured when the device does it
     assert written["cpu_ms_per_clip"]["loader_w2_workers"] > 0 and written["machine"]["cores"] >= 1
     assert set(written["handover_copy_6mb_ms"]) == {"fresh_shared", "reused_slot"}

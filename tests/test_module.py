@@ -4,6 +4,7 @@ losses skipped and counted (injected NaN in a real tiny run), parameter groups; 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from vidseg.data.records import Batch, ClipSample, TrackPrediction, VideoPrediction
+from vidseg.data.records import PAD_VALUE, Batch, ClipSample, TrackPrediction, VideoPrediction
 from vidseg.module import VidsegModule, seed_step_rngs
 from vidseg.tasks.base import Task
 from vidseg.utils.launch import default_cache
@@ -84,6 +85,17 @@ def test_forward_task_passes_the_query_adders_to_decode(adders: Any) -> None:
     assert passed == adders
     assert float(feats.detach()) == 4.0 and float(out.detach()) == 8.0
     assert {k: float(v.detach()) for k, v in losses.items()} == {"a": 8.0, "b": 1.0}
+
+
+def test_forward_task_finishes_crops_left_for_the_device() -> None:
+    """A batch whose frames are still crops (data.resize_on_device) is resized before the encoder sees it."""
+    model = _RecordingModel()
+    module = VidsegModule(model, {"rec": _RecordingTask(None)}, {"lr": 1e-3, "weight_decay": 0.0})
+    crop = torch.full((1, 2, 3, 4, 6), 10, dtype=torch.uint8)  # a 4x6 crop to become 6x6 in the 8x8 canvas
+    batch = replace(_batch(), frames=crop, device_resize=torch.tensor([[4, 6, 6, 6, 1]]))
+    module.forward_task(batch)
+    feats = model.decode_args[0]
+    assert float(feats.detach()) == pytest.approx((36 * 10 + 28 * PAD_VALUE) / 64)  # resized, then padded
 
 
 def test_param_groups_are_named_and_split_by_backbone_and_decay() -> None:

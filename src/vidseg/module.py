@@ -108,6 +108,8 @@ class VidsegModule(pl.LightningModule):
         """The one place a training forward happens: encode → task queries → decode (with the task's query
         adders, e.g. GvSeg SPA) → task loss terms."""
         task: Task = self.tasks[batch.task]
+        if getattr(batch, "device_resize", None) is not None:  # crops not yet resized (Lightning's move does it)
+            batch = batch.to(batch.frames.device)
         colour = getattr(batch, "colour", None)
         if colour is None:
             feats = self.model.encode(batch.frames)

@@ -102,8 +102,17 @@ def test_worker_loaders_use_slots_and_fixed_heap_thresholds_and_bad_options_are_
     assert (loader.worker_init_fn.mmap_threshold_mb, loader.worker_init_fn.trim_threshold_mb) == (64, 256)
     batches = list(loader)
     assert len(batches) == 2 and loader.collate_fn.pool.slots_sent == 2
+    for batch in batches:  # crops come back with what the device still has to do to them (data.resize_on_device)
+        assert batch.device_resize is not None and batch.device_resize.shape == (2, 5)
+        done = batch.to("cpu")
+        assert done.frames.shape[-2:] == done.pad_mask.shape[-2:] == done.samples[0].masks.shape[-2:]
+        assert done.device_resize is None
     assert not isinstance(_datamodule(["data.handover_slots=0", "data.num_workers=2"]).train_dataloader().collate_fn,
                           SlotHandover)
+    plain = _datamodule(["data.resize_on_device=false", "data.steps_per_epoch=1"]).train_dataloader()
+    assert next(iter(plain)).device_resize is None
+    with pytest.raises(ValueError, match="data.resize_on_device must be true or false"):
+        _datamodule(["data.resize_on_device=1"])
     with pytest.raises(ValueError, match="data.handover_slots must be an int >= 0"):
         _datamodule(["data.handover_slots=-1"])
     with pytest.raises(ValueError, match="data.handover_slot_mb must be positive"):

@@ -290,6 +290,7 @@ class ClipDataset(Dataset):
             frame_indices=frame_indices,
             orig_size=(video.height, video.width),
             colour=out.colour,
+            device_resize=out.device_resize,
         )
 
     # ------------------------------------------------------------------ target builders

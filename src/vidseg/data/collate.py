@@ -41,15 +41,24 @@ def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
     lengths = {s.frames.shape[0] for s in samples}
     if len(lengths) != 1:
         raise ClipSamplingError(f"collate_clips: clips of different lengths {sorted(lengths)} in one batch")
-    h = max(s.frames.shape[-2] for s in samples)
-    w = max(s.frames.shape[-1] for s in samples)
+    deferred = {s.device_resize is not None for s in samples}
+    if len(deferred) != 1:
+        raise ClipSamplingError("collate_clips: clips with and without device_resize in one batch")
+    h = max(s.pad_mask.shape[-2] for s in samples)
+    w = max(s.pad_mask.shape[-1] for s in samples)
+    fh = max(s.frames.shape[-2] for s in samples)  # crops (device_resize): their own size; else (h, w)
+    fw = max(s.frames.shape[-1] for s in samples)
     padded = []
     for s in samples:
-        if s.frames.shape[-2:] != (h, w):
-            s = replace(s, frames=_pad_to(s.frames, h, w, PAD_VALUE), masks=_pad_to(s.masks, h, w, False),
-                        pad_mask=_pad_to(s.pad_mask, h, w, False),
+        if s.frames.shape[-2:] != (fh, fw):
+            s = replace(s, frames=_pad_to(s.frames, fh, fw, PAD_VALUE))
+        if s.pad_mask.shape[-2:] != (h, w):
+            s = replace(s, masks=_pad_to(s.masks, h, w, False), pad_mask=_pad_to(s.pad_mask, h, w, False),
                         semantic=None if s.semantic is None else _pad_to(s.semantic, h, w, IGNORE_LABEL))
         padded.append(s)
+    device_resize = None
+    if True in deferred:
+        device_resize = torch.tensor([[int(v) for v in s.device_resize] for s in padded], dtype=torch.int64)
     colour = None
     if any(s.colour is not None for s in padded):  # clips without a colour map get the identity
         identity = torch.eye(3, 4, dtype=torch.float32)
@@ -58,7 +67,7 @@ def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
     pad_mask = stack_for_handover([s.pad_mask for s in padded])
     samples = [replace(s, frames=frames[i], pad_mask=pad_mask[i]) for i, s in enumerate(padded)]
     return Batch(task=task, dataset=padded[0].dataset, frames=frames, pad_mask=pad_mask, samples=samples,
-                 colour=colour)
+                 colour=colour, device_resize=device_resize)
 
 
 def stack_for_handover(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -67,12 +76,16 @@ def stack_for_handover(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     DataLoader worker the result is allocated in shared memory, so pickling it for the main process does not copy
     it again; inside a `handover.SlotHandover` collate call it goes straight into the worker's hand-over slot."""
     first, n = tensors[0], len(tensors)
-    same = all(t.shape == first.shape and t.stride() == first.stride() and _dense(t) for t in tensors)
+    if not all(t.shape == first.shape for t in tensors):
+        return torch.stack(list(tensors))  # torch.stack's error message
     shared = get_worker_info() is not None
-    if not same and not shared:
-        return torch.stack(list(tensors))
     size, numel = (n, *first.shape), first.numel()
-    stride = (numel, *first.stride()) if same else torch.empty(size, device="meta").stride()
+    if all(t.stride() == first.stride() for t in tensors):
+        # dense: the same strides; views (e.g. crops of decoded frames): their dense order (channels-last)
+        like = first if all(_dense(t) for t in tensors) else torch.empty_like(first, device="meta")
+        stride = (numel, *like.stride())
+    else:  # mixed layouts
+        stride = torch.empty(size, device="meta").stride()
     writer = current_slot_writer() if shared and first.device.type == "cpu" else None
     out = None if writer is None else writer.empty_strided(size, stride, first.dtype)  # the hand-over slot
     if out is None and shared:

@@ -124,8 +124,13 @@ class VidsegDataModule(pl.LightningDataModule):
         handover_slot_mb: float = 16.0,
         worker_mmap_threshold_mb: int = 64,
         worker_trim_threshold_mb: int = 256,
+        resize_on_device: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(resize_on_device, bool):
+            raise ValueError(f"data.resize_on_device must be true or false, got {resize_on_device!r}")
+        # training crops are flipped, resized and padded after the batch reaches the device (`data.frame_resize`)
+        self.resize_on_device = resize_on_device
         if not isinstance(handover_slots, int) or isinstance(handover_slots, bool) or handover_slots < 0:
             raise ValueError(f"data.handover_slots must be an int >= 0 (0: torch's own hand-over), got "
                              f"{handover_slots!r}")
@@ -203,7 +208,7 @@ class VidsegDataModule(pl.LightningDataModule):
         spec = self.specs[name]
         task = self.task_of(name)
         sampler = instantiate(spec["sampler"])
-        transform = instantiate(spec["train_transform"])
+        transform = instantiate(spec["train_transform"], resize_on_device=self.resize_on_device)
         return ClipDataset(
             self.train_records[name], sampler, transform, task=task, samples_per_video=self.samples_per_video,
             seed=self.seed, with_semantic=bool(spec.get("with_semantic", False)),

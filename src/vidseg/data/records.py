@@ -23,6 +23,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from vidseg.data.frame_resize import finish_frames
+
 IGNORE_LABEL = 255
 
 RLE = dict[str, Any]
@@ -285,6 +287,8 @@ class ClipSample:
     colour: float32 [3, 4] affine colour jitter (M | b) of this clip on the 0-255 RGB scale, applied on the
     device to valid pixels before normalisation (`vidseg.model.backbone.normalize_frames`); None = identity
     (frames already final, e.g. evaluation clips).
+    device_resize: (h, w, H, W, flip) when `frames` still hold the unflipped h×w crop, to be flipped, resized to
+    H×W and padded on the device (`Batch.to`, `vidseg.data.frame_resize`); None when the frames are final.
     """
 
     frames: torch.Tensor
@@ -301,6 +305,7 @@ class ClipSample:
     frame_indices: list[int] = field(default_factory=list)
     orig_size: tuple[int, int] = (0, 0)
     colour: torch.Tensor | None = None  # float32 [3, 4]
+    device_resize: tuple[int, int, int, int, bool] | None = None
 
 
 @dataclass
@@ -313,11 +318,17 @@ class Batch:
     pad_mask: torch.Tensor  # bool [B, H, W]
     samples: list[ClipSample]
     colour: torch.Tensor | None = None  # float32 [B, 3, 4] per-clip colour jitter (see ClipSample), or None
+    # int64 [B, 5] (h, w, H, W, flip) per clip while `frames` still hold crops (ClipSample.device_resize), else None
+    device_resize: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
-        """Move frames and targets to `device` (frames stay uint8; normalise on the device)."""
+        """Move frames and targets to `device` (frames stay uint8; normalise on the device). Crops still to be
+        resized (`device_resize`) are flipped, resized and padded there, to the size of `pad_mask`."""
+        frames = self.frames.to(device, non_blocking=True)
+        if self.device_resize is not None:
+            frames = finish_frames(frames, self.device_resize, tuple(self.pad_mask.shape[-2:]), PAD_VALUE)
         moved = []
-        for s in self.samples:
+        for i, s in enumerate(self.samples):
             fields = {}
             for name in ("masks", "track_ids", "class_ids", "semantic", "points", "prompt_frames", "iscrowd",
                          "colour"):
@@ -325,7 +336,7 @@ class Batch:
                 fields[name] = v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             moved.append(
                 ClipSample(
-                    frames=s.frames,
+                    frames=frames[i],
                     pad_mask=s.pad_mask.to(device),
                     video_id=s.video_id,
                     dataset=s.dataset,
@@ -337,7 +348,7 @@ class Batch:
         return Batch(
             task=self.task,
             dataset=self.dataset,
-            frames=self.frames.to(device, non_blocking=True),
+            frames=frames,
             pad_mask=self.pad_mask.to(device),
             samples=moved,
             colour=None if self.colour is None else self.colour.to(device, non_blocking=True),

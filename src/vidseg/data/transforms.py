@@ -12,6 +12,12 @@ and returns it as a 3×4 affine map (`TransformedClip.colour`, carried by `ClipS
 summing to 1, so jittering after the resize equals jittering before it up to uint8 rounding and clipping at
 0/255. `colour_on_device=False` applies it here instead (PIL's C colour-matrix conversion, as before).
 
+Resize on the device (`resize_on_device=True`, set by the training datamodule's `data.resize_on_device`): in
+training the transform returns the unflipped crop as it is (a view of the decoded frames) and
+`TransformedClip.device_resize` = (h, w, H, W, flip); the collate copies the crop once into the batch, and
+`Batch.to(device)` flips, resizes and pads it there (`vidseg.data.frame_resize`), bit-identical to this transform
+on the CPU. The worker saves the resize and hands over the smaller crop; targets are still made here.
+
 Speed: the crop and flip are taken first (one copy of the cropped pixels), frames are resized with torch's
 uint8 channels-last bilinear kernel, and masks/semantic maps are resized by one nearest-neighbour gather
 whose indices contain crop and flip. Target bounding boxes may be given (e.g. from the RLEs, without
@@ -33,9 +39,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from vidseg.data.frame_resize import resize_frames
 from vidseg.data.records import IGNORE_LABEL, PAD_VALUE
 from vidseg.data.rle_masks import RLEClipMasks
 
@@ -56,6 +62,8 @@ class TransformedClip:
     flipped: bool = False
     crop: tuple[int, int, int, int] = (0, 0, 0, 0)  # y0, x0, h, w in input pixels
     size: tuple[int, int] = (0, 0)  # valid (unpadded) H, W
+    # resize_on_device: frames hold the unflipped crop [T, 3, h, w]; (h, w, H, W, flip) is what the device does
+    device_resize: tuple[int, int, int, int, bool] | None = None
 
 
 def resize_shape(height: int, width: int, short: int, max_dim: int) -> tuple[int, int]:
@@ -208,6 +216,7 @@ class ClipTransform:
         crop_retries: int = 5,
         pad_multiple: int = 64,
         colour_on_device: bool = True,
+        resize_on_device: bool = False,
     ) -> None:
         if not min_dims:
             raise ValueError("min_dims must list at least one short-side size")
@@ -227,6 +236,7 @@ class ClipTransform:
         self.crop_retries = int(crop_retries)
         self.pad_multiple = int(pad_multiple)
         self.colour_on_device = bool(colour_on_device)
+        self.resize_on_device = bool(resize_on_device)
 
     # ------------------------------------------------------------------ parameter draws
     def _draw_crop(
@@ -335,13 +345,21 @@ class ClipTransform:
             colour = torch.from_numpy(np.concatenate([matrix, bias[:, None]], axis=1))
             matrix = bias = None
 
-        # Frames: crop + flip (one copy) -> colour (unless on the device) -> resize -> pad, all uint8,
-        # channels-last memory.
-        pix = crop_flip_colour(frames, (y0, x0, ch, cw), flip, matrix, bias)
-        if (out_h, out_w) != (ch, cw):
-            pix = F.interpolate(pix, size=(out_h, out_w), mode="bilinear", antialias=True, align_corners=False)
-        out_frames = torch.full((t, pad_h, pad_w, 3), PAD_VALUE, dtype=torch.uint8).permute(0, 3, 1, 2)
-        out_frames[:, :, :out_h, :out_w] = pix
+        device_resize = None
+        if self.train and self.resize_on_device:  # the crop as it is; flip, resize and pad happen on the device
+            device_resize = (ch, cw, out_h, out_w, flip)
+            if matrix is None:  # a view: the collate copies it once, into the hand-over
+                out_frames = frames[:, :, y0 : y0 + ch, x0 : x0 + cw]
+            else:
+                out_frames = crop_flip_colour(frames, (y0, x0, ch, cw), False, matrix, bias)
+        else:
+            # Frames: crop + flip (one copy) -> colour (unless on the device) -> resize -> pad, all uint8,
+            # channels-last memory.
+            pix = crop_flip_colour(frames, (y0, x0, ch, cw), flip, matrix, bias)
+            if (out_h, out_w) != (ch, cw):
+                pix = resize_frames(pix, out_h, out_w)
+            out_frames = torch.full((t, pad_h, pad_w, 3), PAD_VALUE, dtype=torch.uint8).permute(0, 3, 1, 2)
+            out_frames[:, :, :out_h, :out_w] = pix
 
         # Masks / semantic: one nearest gather with crop and flip folded into the indices.
         rows = _nearest_index(ch, out_h, y0, False)
@@ -374,9 +392,10 @@ class ClipTransform:
         return TransformedClip(
             frames=out_frames, masks=out_masks, pad_mask=pad_mask, keep=keep, semantic=out_sem,
             points=out_points, colour=colour, flipped=flip, crop=(y0, x0, ch, cw), size=(out_h, out_w),
+            device_resize=device_resize,
         )
 
     def __repr__(self) -> str:
         return (f"ClipTransform(train={self.train}, min_dims={self.min_dims}, max_dim={self.max_dim}, "
                 f"crop_fraction={self.crop_fraction}, scale_from={self.scale_from!r}, "
-                f"colour_on_device={self.colour_on_device})")
+                f"colour_on_device={self.colour_on_device}, resize_on_device={self.resize_on_device})")
