@@ -81,6 +81,8 @@ def test_dataset_batches_are_the_same_either_way(task: str, tmp_path) -> None:
         ref = ref_ds.collate([ref_ds[i] for i in idx])
         batch = dev_ds.collate([dev_ds[i] for i in idx])
         assert batch.device_resize is not None and ref.device_resize is None
+        # instance masks travel as rectangles; VOS masks are painted in the worker (its prompt points need them)
+        assert all((s.mask_rects is not None) == (task == "vis") for s in batch.samples)
         sizes.update(tuple(r[:2]) for r in batch.device_resize.tolist())
         done = batch.to("cpu")
         assert done.device_resize is None and torch.equal(done.frames, ref.frames)
@@ -88,7 +90,7 @@ def test_dataset_batches_are_the_same_either_way(task: str, tmp_path) -> None:
         for a, b in zip(ref.samples, done.samples, strict=True):
             assert torch.equal(a.masks, b.masks) and torch.equal(a.track_ids, b.track_ids)
             assert torch.equal(a.frames, b.frames) and b.device_resize is None
-            assert (a.points is None and b.points is None) or torch.equal(a.points, b.points, )
+            assert (a.points is None and b.points is None) or torch.equal(a.points, b.points)
     assert len(sizes) > 1  # whole frames and crops were batched together
 
 

@@ -264,7 +264,7 @@ class ClipDataset(Dataset):
         out = self.transform(
             torch.from_numpy(pixels).permute(0, 3, 1, 2), masks, rng=rng,
             semantic=None if semantic is None else torch.from_numpy(semantic), reference_frame=reference,
-            boxes=boxes,
+            boxes=boxes, masks_as_rects=not self.prompts,  # prompt points are drawn from the masks below
         )
         keep = out.keep.tolist()
         kept_ids = [ids[k] for k in keep]
@@ -291,6 +291,7 @@ class ClipDataset(Dataset):
             orig_size=(video.height, video.width),
             colour=out.colour,
             device_resize=out.device_resize,
+            mask_rects=out.mask_rects,
         )
 
     # ------------------------------------------------------------------ target builders

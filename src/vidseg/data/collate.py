@@ -52,8 +52,9 @@ def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
     for s in samples:
         if s.frames.shape[-2:] != (fh, fw):
             s = replace(s, frames=_pad_to(s.frames, fh, fw, PAD_VALUE))
-        if s.pad_mask.shape[-2:] != (h, w):
-            s = replace(s, masks=_pad_to(s.masks, h, w, False), pad_mask=_pad_to(s.pad_mask, h, w, False),
+        if s.pad_mask.shape[-2:] != (h, w):  # (masks still as rectangles are painted at the batch's size)
+            s = replace(s, masks=s.masks if s.mask_rects is not None else _pad_to(s.masks, h, w, False),
+                        pad_mask=_pad_to(s.pad_mask, h, w, False),
                         semantic=None if s.semantic is None else _pad_to(s.semantic, h, w, IGNORE_LABEL))
         padded.append(s)
     device_resize = None

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vidseg.data.frame_resize import finish_frames
+from vidseg.data.mask_rects import paint_rects
 
 IGNORE_LABEL = 255
 
@@ -289,6 +290,8 @@ class ClipSample:
     (frames already final, e.g. evaluation clips).
     device_resize: (h, w, H, W, flip) when `frames` still hold the unflipped h×w crop, to be flipped, resized to
     H×W and padded on the device (`Batch.to`, `vidseg.data.frame_resize`); None when the frames are final.
+    mask_rects: int32 [R, 5] rows (n * T + t, i0, i1, j0, j1) when the masks are still rectangles to paint on the
+    device (`Batch.to`, `vidseg.data.mask_rects`); `masks` is then bool [N, T, 0, 0].
     """
 
     frames: torch.Tensor
@@ -306,6 +309,7 @@ class ClipSample:
     orig_size: tuple[int, int] = (0, 0)
     colour: torch.Tensor | None = None  # float32 [3, 4]
     device_resize: tuple[int, int, int, int, bool] | None = None
+    mask_rects: torch.Tensor | None = None  # int32 [R, 5]: `masks` is [N, T, 0, 0] until painted (data.mask_rects)
 
 
 @dataclass
@@ -328,12 +332,15 @@ class Batch:
         if self.device_resize is not None:
             frames = finish_frames(frames, self.device_resize, tuple(self.pad_mask.shape[-2:]), PAD_VALUE)
         moved = []
+        height, width = self.pad_mask.shape[-2:]
         for i, s in enumerate(self.samples):
             fields = {}
             for name in ("masks", "track_ids", "class_ids", "semantic", "points", "prompt_frames", "iscrowd",
                          "colour"):
                 v = getattr(s, name)
                 fields[name] = v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            if s.mask_rects is not None:
+                fields["masks"] = paint_rects(s.mask_rects, s.masks.shape[0], s.masks.shape[1], height, width, device)
             moved.append(
                 ClipSample(
                     frames=frames[i],

@@ -52,6 +52,36 @@ def _resize_runs(runs, offsets, masks, height, row_start, col_lo, col_hi, out, n
 
 
 @numba.njit(cache=True, nogil=True)
+def _resize_rects(runs, offsets, masks, height, row_start, col_lo, col_hi, rects, nonempty):  # pragma: no cover
+    """`_resize_runs` recording each output block as a row of `rects` (q, i0, i1, j0, j1) instead of painting it.
+    Returns the number of blocks; rows beyond len(rects) are only counted (call again with enough rows)."""
+    r = 0
+    for q in range(len(masks)):
+        m = masks[q]
+        pos, hit = 0, False
+        for k in range(offsets[m], offsets[m + 1]):
+            length = runs[k]
+            if (k - offsets[m]) % 2 == 1 and length > 0:
+                a, b = pos, pos + length
+                x0, x1 = a // height, (b - 1) // height
+                for x in range(x0, x1 + 1):
+                    j0, j1 = col_lo[x], col_hi[x]
+                    if j0 >= j1:
+                        continue
+                    i0 = row_start[a - x * height] if x == x0 else row_start[0]
+                    i1 = row_start[b - x * height] if x == x1 else row_start[height]
+                    if i0 >= i1:
+                        continue
+                    hit = True
+                    if r < len(rects):
+                        rects[r, 0], rects[r, 1], rects[r, 2], rects[r, 3], rects[r, 4] = q, i0, i1, j0, j1
+                    r += 1
+            pos += length
+        nonempty[q] = hit
+    return r
+
+
+@numba.njit(cache=True, nogil=True)
 def _any_in(runs, offsets, masks, height, top, bottom, left, right, out):  # pragma: no cover
     """out[q]: whether mask masks[q] has a pixel in rows [top, bottom) x columns [left, right)."""
     for q in range(len(masks)):
@@ -129,10 +159,35 @@ class RLEClipMasks:
                 or not out.flags.c_contiguous):
             raise ValueError(f"RLEClipMasks.resize_into: out must be C-contiguous bool [{n}, {t}, >={len(rows)}, "
                              f">={len(cols)}], got {out.dtype} {out.shape}")
+        row_start, col_lo, col_hi = self._blocks(rows, cols, "resize_into")
+        flat = out.reshape(n * t, *out.shape[2:])
+        nonempty = np.zeros(n * t, dtype=bool)
+        _resize_runs(self._runs, self._offsets, np.arange(n * t, dtype=np.int64), self.height, row_start,
+                     col_lo, col_hi, flat, nonempty)
+        return nonempty.reshape(n, t)
+
+    def resize_rects(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest-resized masks of `resize_into` as rectangles, without painting them: (int32 [R, 5] rows
+        (n * T + t, i0, i1, j0, j1), each True on out[n, t, i0:i1, j0:j1] and disjoint within a mask; bool [N, T]
+        output mask non-empty). A few hundred rows per mask instead of its pixels (`vidseg.data.mask_rects`)."""
+        n, t = self.shape[:2]
+        row_start, col_lo, col_hi = self._blocks(rows, cols, "resize_rects")
+        nonempty = np.zeros(n * t, dtype=bool)
+        args = (self._runs, self._offsets, np.arange(n * t, dtype=np.int64), self.height, row_start, col_lo, col_hi)
+        rects = np.empty((len(self._runs), 5), np.int32)
+        count = _resize_rects(*args, rects, nonempty)
+        if count > len(rects):  # runs spanning many columns: count first, then fill
+            rects = np.empty((count, 5), np.int32)
+            _resize_rects(*args, rects, nonempty)
+        return rects[:count], nonempty.reshape(n, t)
+
+    def _blocks(self, rows: np.ndarray, cols: np.ndarray, caller: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The kernels' view of a nearest resize: output rows of source rows [a, b) are row_start[a]:row_start[b],
+        output columns of source column x are col_lo[x]:col_hi[x]."""
         if len(rows) and (rows.min() < 0 or rows.max() >= self.height or np.any(np.diff(rows) < 0)):
-            raise ValueError(f"RLEClipMasks.resize_into: rows must be non-decreasing in [0, {self.height})")
+            raise ValueError(f"RLEClipMasks.{caller}: rows must be non-decreasing in [0, {self.height})")
         if len(cols) and (cols.min() < 0 or cols.max() >= self.width):
-            raise ValueError(f"RLEClipMasks.resize_into: cols must be in [0, {self.width})")
+            raise ValueError(f"RLEClipMasks.{caller}: cols must be in [0, {self.width})")
         row_start = np.searchsorted(rows, np.arange(self.height + 1), side="left").astype(np.int64)
         xs = np.arange(self.width)
         if len(cols) < 2 or cols[0] <= cols[-1]:
@@ -141,8 +196,4 @@ class RLEClipMasks:
             rev = cols[::-1]
             col_lo = len(cols) - np.searchsorted(rev, xs, "right")
             col_hi = len(cols) - np.searchsorted(rev, xs, "left")
-        flat = out.reshape(n * t, *out.shape[2:])
-        nonempty = np.zeros(n * t, dtype=bool)
-        _resize_runs(self._runs, self._offsets, np.arange(n * t, dtype=np.int64), self.height, row_start,
-                     col_lo.astype(np.int64), col_hi.astype(np.int64), flat, nonempty)
-        return nonempty.reshape(n, t)
+        return row_start, col_lo.astype(np.int64), col_hi.astype(np.int64)

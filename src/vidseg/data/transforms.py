@@ -64,6 +64,7 @@ class TransformedClip:
     size: tuple[int, int] = (0, 0)  # valid (unpadded) H, W
     # resize_on_device: frames hold the unflipped crop [T, 3, h, w]; (h, w, H, W, flip) is what the device does
     device_resize: tuple[int, int, int, int, bool] | None = None
+    mask_rects: torch.Tensor | None = None  # int32 [R, 5] (k * T + t, i0, i1, j0, j1): masks still to be painted
 
 
 def resize_shape(height: int, width: int, short: int, max_dim: int) -> tuple[int, int]:
@@ -285,13 +286,16 @@ class ClipTransform:
         points: torch.Tensor | None = None,
         reference_frame: int | None = None,
         boxes: np.ndarray | None = None,
+        masks_as_rects: bool = False,
     ) -> TransformedClip:
         """Transform one clip. frames uint8 [T, 3, H, W] (any memory format), masks bool [N, T, H, W] (any
         strides; or the same as `RLEClipMasks`, never decoded at full size), semantic integer [T, H, W], points
         float [N, 2] (x, y), boxes: the masks' exact bounding
         boxes int [N, T, 4] (top, bottom, left, right; ends exclusive; zeros when empty), computed from the
         masks when not given. `reference_frame` (VOS/PET): the crop keeps every target's mask in that frame
-        and targets are dropped when empty *there*; otherwise a target is dropped when empty in every frame."""
+        and targets are dropped when empty *there*; otherwise a target is dropped when empty in every frame.
+        `masks_as_rects` (with `resize_on_device` in training and RLE masks): the resized masks come back as
+        rectangles (`TransformedClip.mask_rects`, painted on the device) and `masks` is [K, T, 0, 0]."""
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"frames must be uint8 [T, 3, H, W], got {frames.dtype} {tuple(frames.shape)}")
         t, _, height, width = frames.shape
@@ -364,14 +368,28 @@ class ClipTransform:
         # Masks / semantic: one nearest gather with crop and flip folded into the indices.
         rows = _nearest_index(ch, out_h, y0, False)
         cols = _nearest_index(cw, out_w, x0, flip)
-        padded = torch.zeros((masks.shape[0], t, pad_h, pad_w), dtype=torch.bool)
-        if rle:
-            nonempty = torch.from_numpy(mask_array.resize_into(rows, cols, padded.numpy()))  # [N, T]
+        mask_rects = None
+        if rle and masks_as_rects and device_resize is not None:  # painted on the device (`data.mask_rects`)
+            rects, nonempty_np = mask_array.resize_rects(rows, cols)
+            nonempty = torch.from_numpy(nonempty_np)
         else:
-            nonempty = torch.from_numpy(_resize_masks(mask_array, boxes, rows, cols, padded.numpy()))
+            padded = torch.zeros((masks.shape[0], t, pad_h, pad_w), dtype=torch.bool)
+            if rle:
+                nonempty = torch.from_numpy(mask_array.resize_into(rows, cols, padded.numpy()))  # [N, T]
+            else:
+                nonempty = torch.from_numpy(_resize_masks(mask_array, boxes, rows, cols, padded.numpy()))
         kept = nonempty[:, reference_frame] if reference_frame is not None else nonempty.any(1)
         keep = torch.nonzero(kept).flatten()
-        out_masks = padded if keep.numel() == masks.shape[0] else padded[keep]
+        if rle and masks_as_rects and device_resize is not None:
+            target = np.full(masks.shape[0], -1, np.int64)  # kept targets renumbered
+            target[keep.numpy()] = np.arange(keep.numel())
+            new = target[rects[:, 0] // t]
+            rects = rects[new >= 0]
+            rects[:, 0] = new[new >= 0] * t + rects[:, 0] % t
+            mask_rects = torch.from_numpy(rects)
+            out_masks = torch.zeros((keep.numel(), t, 0, 0), dtype=torch.bool)  # shape only, until painted
+        else:
+            out_masks = padded if keep.numel() == masks.shape[0] else padded[keep]
 
         out_sem = None
         if semantic is not None:
@@ -392,7 +410,7 @@ class ClipTransform:
         return TransformedClip(
             frames=out_frames, masks=out_masks, pad_mask=pad_mask, keep=keep, semantic=out_sem,
             points=out_points, colour=colour, flipped=flip, crop=(y0, x0, ch, cw), size=(out_h, out_w),
-            device_resize=device_resize,
+            device_resize=device_resize, mask_rects=mask_rects,
         )
 
     def __repr__(self) -> str:
