@@ -14,13 +14,15 @@ a core to itself (its collate and the shared-memory hand-over of each batch incl
 
 The DataLoader runs as training does: batches come back through `SlotHandover`'s reused shared-memory slots, workers
 fix their heap thresholds (`WorkerMemory`), RLE targets stay run lengths until resized (`RLEClipMasks`), and each
-training crop is handed over as decoded, its flip, resize and padding left to the device (`data.resize_on_device`,
-`vidseg.data.frame_resize`); `--no-slots`, `--no-worker-heap`, `--no-rle-masks` and `--no-device-resize` switch each
-off for comparison. `--no-resize` keeps each 0.75 crop at its decoded size (no resize anywhere).
+training crop is handed over as decoded, its flip, resize and padding left to the device, with the resized RLE masks
+as rectangles to paint there (`data.resize_on_device`, `vidseg.data.frame_resize`, `vidseg.data.mask_rects`);
+`--no-slots`, `--no-worker-heap`, `--no-rle-masks` and `--no-device-resize` switch each off for comparison.
+`--no-resize` keeps each 0.75 crop at its decoded size (no resize anywhere).
 
 What is not measured on the CPU: the work moved to the device. `ClipTransform` draws the colour jitter per clip and
 returns it as a 3×4 colour map (`ClipSample.colour`); the model applies it on the accelerator while normalising the
-uint8 frames (`normalize_frames`); and `Batch.to(device)` flips, resizes and pads the crops there.
+uint8 frames (`normalize_frames`); and `Batch.to(device)` flips, resizes and pads the crops and paints the masks
+there.
 `colour_on_device_ms` and `resize_on_device_ms` report what each costs when run on *this CPU* for one clip (for the
 colour: normalise with the map minus normalise without), i.e. the work moved off the data workers. The per-worker
 `ratio` also needs a free core per worker plus one for the consuming process; on a machine with fewer (see
@@ -140,8 +142,8 @@ def colour_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
 
 
 def resize_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
-    """CPU ms per clip of `Batch.to` finishing a one-clip batch's frames (flip, resize, pad) on *this CPU*, the
-    fastest of `repeats` (0 with --no-device-resize: the workers did it)."""
+    """CPU ms per clip of `Batch.to` finishing a one-clip batch (frames flipped, resized and padded, masks painted)
+    on *this CPU*, the fastest of `repeats` (0 with --no-device-resize: the workers did it)."""
     batch = ds.collate([ds[0]])
     if batch.device_resize is None:
         return 0.0
