@@ -33,7 +33,7 @@ def probe_data(task: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
 
 def batches_for(datamodule: Any, seconds: float) -> Iterator[Any]:
     """Training batches of `datamodule`, restarting its loader at the end of an epoch, until `seconds` have
-    passed since the first call."""
+    passed since the first call; finished as on the device (`Batch.to`: crops resized, mask rectangles painted)."""
     start = time.time()
     loader = iter(datamodule.train_dataloader())
     while time.time() - start < seconds:
@@ -41,7 +41,7 @@ def batches_for(datamodule: Any, seconds: float) -> Iterator[Any]:
         if batch is None:
             loader = iter(datamodule.train_dataloader())
             continue
-        yield batch
+        yield batch.to("cpu")
 
 
 def reference_args(doc: str | None, json_help: str) -> argparse.Namespace:

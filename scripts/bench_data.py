@@ -3,7 +3,9 @@
 Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG frames, then measures
 - pure decode: the same frames of the same clips decoded by the same reader (`vidseg.data.video`, PIL, full
   size), no annotations, no transforms — the reference a data pipeline cannot beat per process;
-- ClipDataset items in this process (sampling, decode, RLE decode, targets, crop/flip/resize/pad);
+- ClipDataset items in this process (sampling, decode, RLE decode, targets, crop draw; with the device resize,
+  the default since session 14, no frame resize, padding or mask painting: those happen in `Batch.to`, and the
+  crop copy in the collate, so items' figures are not comparable with earlier sessions');
 - DataLoader with num_workers 0 and 2 (3-frame clips, YouTube-VIS TarViS settings), batch size 1.
 `ratio` = (DataLoader clips/s with the most workers ÷ workers) ÷ pure-decode clips/s. Every rate is the
 median over `--repeats` interleaved rounds (the machine may be shared); wall-clock rates. Alongside, CPU

@@ -48,7 +48,7 @@ def step_ms(task: str, overrides: list[str], steps: int, repeats: int) -> tuple[
     module = build_module(cfg, dm)
     opt = module.configure_optimizers()["optimizer"]
     loader = iter(dm.train_dataloader())
-    batches = [next(loader) for _ in range(4 + steps)]
+    batches = [next(loader).to("cpu") for _ in range(4 + steps)]  # finished as on the device (Batch.to)
 
     def run(batch: Any) -> float:
         losses, _ = module.forward_task(batch)

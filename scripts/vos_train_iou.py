@@ -43,7 +43,8 @@ def main() -> None:
     task = module.tasks["vos"]
     ious: dict[tuple[int, int], list[float]] = {}
     with torch.no_grad():
-        for _, batch in zip(range(args.batches), dm.train_dataloader()):
+        for _, loaded in zip(range(args.batches), dm.train_dataloader()):
+            batch = loaded.to("cpu")  # crops resized as on the device (data.resize_on_device)
             feats = module.model.encode(batch.frames)
             queries = task.init_queries(module.model, feats, batch)
             out = module.model.decode(feats, queries, getattr(queries, "query_adders", None))

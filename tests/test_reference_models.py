@@ -51,3 +51,14 @@ def test_vos_clip_targets_label_each_pixel_by_object() -> None:
     assert target.shape == (3, 4, 4)
     assert target[:, :2, :2].eq(1).all() and target[0, 2:, 2:].eq(0).all() and target[1:, 2:, 2:].eq(2).all()
     assert target[:, :2, 2:].eq(0).all() and target[:, 2:, :2].eq(0).all()
+
+
+def test_probe_batches_are_finished_as_on_the_device() -> None:
+    """The probes' training batches have their crops resized and mask rectangles painted (data.resize_on_device)."""
+    from _timed_batches import batches_for, probe_data
+
+    _, dm = probe_data("vis", ["data.batch_size=2", "data.steps_per_epoch=2"])
+    batch = next(batches_for(dm, 60.0))
+    assert batch.device_resize is None and batch.frames.shape[-2:] == batch.pad_mask.shape[-2:]
+    for s in batch.samples:
+        assert s.mask_rects is None and s.masks.shape[-2:] == batch.pad_mask.shape[-2:]

@@ -81,3 +81,15 @@ def test_two_worker_loader_hands_over_the_in_process_batches() -> None:
         for g, w in zip(got.samples, want.samples, strict=True):
             assert torch.equal(g.frames, w.frames) and torch.equal(g.masks, w.masks) and g.video_id == w.video_id
     assert k == 2
+
+
+def test_crops_of_different_sizes_are_padded_while_stacked(in_worker: None) -> None:
+    hwc = torch.arange(3 * 20 * 30 * 3, dtype=torch.int32).to(torch.uint8).view(3, 20, 30, 3)
+    crops = [hwc.permute(0, 3, 1, 2)[:, :, 2:12, 5:25], hwc.permute(0, 3, 1, 2)[:, :, 0:7, 0:20]]  # two sizes
+    out = stack_for_handover(crops, pad_to=(12, 24), fill=PAD_VALUE)
+    assert out.shape == (2, 3, 3, 12, 24) and out.is_shared()
+    assert out.stride() == (3 * 12 * 24 * 3, 12 * 24 * 3, 1, 24 * 3, 3)  # channels-last, one copy per crop
+    for k, c in enumerate(crops):
+        h, w = c.shape[-2:]
+        assert torch.equal(out[k, :, :, :h, :w], c)
+        assert (out[k, :, :, h:] == PAD_VALUE).all() and (out[k, :, :, :, w:] == PAD_VALUE).all()

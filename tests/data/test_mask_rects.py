@@ -80,4 +80,6 @@ def test_bad_rectangles_are_named() -> None:
         paint_rects(torch.tensor([[0, 0, 5, 0, 1]], dtype=torch.int32), 1, 2, 4, 4)
     with pytest.raises(ValueError, match="rectangles outside"):
         paint_rects(torch.tensor([[2, 0, 1, 0, 1]], dtype=torch.int32), 1, 2, 4, 4)
+    with pytest.raises(ValueError, match="i1 < i0 or j1 < j0"):  # the two painters would disagree on these
+        paint_rects(torch.tensor([[0, 0, 4, 0, 4], [0, 3, 1, 0, 4]], dtype=torch.int32), 1, 1, 4, 4)
     assert not paint_rects(torch.zeros(0, 5, dtype=torch.int32), 2, 1, 3, 3).any()

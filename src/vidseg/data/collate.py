@@ -8,6 +8,7 @@ shared memory when the worker pickled the batch (8.6 MB per 480p 3-frame clip in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -49,9 +50,7 @@ def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
     fh = max(s.frames.shape[-2] for s in samples)  # crops (device_resize): their own size; else (h, w)
     fw = max(s.frames.shape[-1] for s in samples)
     padded = []
-    for s in samples:
-        if s.frames.shape[-2:] != (fh, fw):
-            s = replace(s, frames=_pad_to(s.frames, fh, fw, PAD_VALUE))
+    for s in samples:  # (frames are padded while stacked)
         if s.pad_mask.shape[-2:] != (h, w):  # (masks still as rectangles are painted at the batch's size)
             s = replace(s, masks=s.masks if s.mask_rects is not None else _pad_to(s.masks, h, w, False),
                         pad_mask=_pad_to(s.pad_mask, h, w, False),
@@ -64,27 +63,31 @@ def collate_clips(samples: Sequence[ClipSample], task: str) -> Batch:
     if any(s.colour is not None for s in padded):  # clips without a colour map get the identity
         identity = torch.eye(3, 4, dtype=torch.float32)
         colour = torch.stack([identity if s.colour is None else s.colour.to(torch.float32) for s in padded])
-    frames = stack_for_handover([s.frames for s in padded])
+    frames = stack_for_handover([s.frames for s in padded], pad_to=(fh, fw), fill=PAD_VALUE)
     pad_mask = stack_for_handover([s.pad_mask for s in padded])
     samples = [replace(s, frames=frames[i], pad_mask=pad_mask[i]) for i, s in enumerate(padded)]
     return Batch(task=task, dataset=padded[0].dataset, frames=frames, pad_mask=pad_mask, samples=samples,
                  colour=colour, device_resize=device_resize)
 
 
-def stack_for_handover(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """`torch.stack(tensors)`, keeping the memory layout of dense inputs of one layout (decoded frames are HWC
-    memory viewed as CHW: a contiguous stack would be a strided copy, twice the cost of a plain copy at 480p); in a
+def stack_for_handover(tensors: Sequence[torch.Tensor], pad_to: tuple[int, int] | None = None,
+                       fill: float = 0) -> torch.Tensor:
+    """`torch.stack(tensors)`, keeping the memory layout of inputs of one layout (decoded frames are HWC memory
+    viewed as CHW, crops are views of them: a contiguous stack would be a strided copy, twice the cost of a plain
+    copy at 480p); `pad_to` (H, W): smaller inputs are padded bottom/right with `fill` as they are copied. In a
     DataLoader worker the result is allocated in shared memory, so pickling it for the main process does not copy
     it again; inside a `handover.SlotHandover` collate call it goes straight into the worker's hand-over slot."""
     first, n = tensors[0], len(tensors)
-    if not all(t.shape == first.shape for t in tensors):
+    item = tuple(first.shape) if pad_to is None else (*first.shape[:-2], *pad_to)
+    if not all(t.shape[:-2] == first.shape[:-2] and t.shape[-2] <= item[-2] and t.shape[-1] <= item[-1]
+               and (pad_to is not None or t.shape == first.shape) for t in tensors):
         return torch.stack(list(tensors))  # torch.stack's error message
     shared = get_worker_info() is not None
-    size, numel = (n, *first.shape), first.numel()
+    size, numel = (n, *item), math.prod(item)
     if all(t.stride() == first.stride() for t in tensors):
         # dense: the same strides; views (e.g. crops of decoded frames): their dense order (channels-last)
-        like = first if all(_dense(t) for t in tensors) else torch.empty_like(first, device="meta")
-        stride = (numel, *like.stride())
+        dense = item == tuple(first.shape) and all(_dense(t) for t in tensors)
+        stride = (numel, *(first.stride() if dense else _strides_in_order(item, first.stride())))
     else:  # mixed layouts
         stride = torch.empty(size, device="meta").stride()
     writer = current_slot_writer() if shared and first.device.type == "cpu" else None
@@ -95,8 +98,21 @@ def stack_for_handover(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     elif out is None:
         out = torch.empty_strided(size, stride, dtype=first.dtype, device=first.device)
     for k, t in enumerate(tensors):
-        out[k].copy_(t)
+        h, w = t.shape[-2:]
+        if (h, w) != item[-2:]:
+            out[k, ..., h:, :].fill_(fill)
+            out[k, ..., :h, w:].fill_(fill)
+        out[k, ..., :h, :w].copy_(t)
     return out
+
+
+def _strides_in_order(shape: tuple[int, ...], like: tuple[int, ...]) -> tuple[int, ...]:
+    """Dense strides for `shape` with its dimensions ordered in memory as strides `like` order them."""
+    stride, step = [0] * len(shape), 1
+    for d in sorted(range(len(shape)), key=lambda i: (like[i], -i)):
+        stride[d] = step
+        step *= shape[d]
+    return tuple(stride)
 
 
 def _dense(t: torch.Tensor) -> bool:

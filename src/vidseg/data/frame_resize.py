@@ -3,9 +3,10 @@
 With `data.resize_on_device` the data workers hand over each clip's crop at its decoded size together with what is
 still to be done to it, `(h, w, H, W, flip)`: the valid crop `frames[..., :h, :w]` is mirrored when `flip`, resized
 to H×W (bilinear with antialiasing, as `ClipTransform` does on the CPU) and placed top-left in the batch's padded
-canvas. Why: the bilinear resize is the largest non-decode cost of a worker, and the crop is smaller than the
-resized frame it becomes (the usual 0.75 crop resized to a 448/512 short side is 1.5-2x fewer bytes to hand over and
-to copy to the device).
+canvas. Why: the bilinear resize was the largest non-decode cost of a worker. For sources below about 600 px on the
+short side the crop is also smaller than the resized frame it becomes (a 480p frame's 0.75 crop resized to a 448/512
+short side is 1.5-2x fewer bytes to hand over and to copy to the device); from 720p up it is larger (1.1-1.5x at
+720p, about 2.5x at 1080p), and `data.resize_on_device: false` hands over the resized frames instead.
 
 On the CPU the uint8 channels-last kernel is the one `ClipTransform` uses, so both paths give identical frames; on
 other devices the resize runs in float32 and is rounded back to uint8 (within 1 of the CPU's).

@@ -42,6 +42,8 @@ def paint_rects(rects: torch.Tensor, k: int, t: int, height: int, width: int,
         if lo[0] < 0 or hi[0] >= k * t or min(lo[1:]) < 0 or max(hi[1], hi[2]) > height or max(hi[3], hi[4]) > width:
             raise ValueError(f"paint_rects: rectangles outside {k} x {t} masks of {height}x{width} "
                              f"(min {lo}, max {hi})")
+        if bool((rects[:, 2] < rects[:, 1]).any() or (rects[:, 4] < rects[:, 3]).any()):
+            raise ValueError("paint_rects: rectangles with i1 < i0 or j1 < j0")
     if compiled is None:
         compiled = device.type == "cpu"
     if compiled:

@@ -46,7 +46,8 @@ class FrameReader(Protocol):
     def __len__(self) -> int: ...
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 [T, H, W, 3] for `indices` (in that order); only these frames are decoded."""
+        """uint8 [T, H, W, 3] for `indices` (in that order); only these frames are decoded. A fresh array per
+        call: training crops are views of it until the collate copies them."""
         ...
 
     def close(self) -> None: ...
