@@ -6,7 +6,8 @@ to H×W (bilinear with antialiasing, as `ClipTransform` does on the CPU) and pla
 canvas. Why: the bilinear resize was the largest non-decode cost of a worker. For sources below about 600 px on the
 short side the crop is also smaller than the resized frame it becomes (a 480p frame's 0.75 crop resized to a 448/512
 short side is 1.5-2x fewer bytes to hand over and to copy to the device); from 720p up it is larger (1.1-1.5x at
-720p, about 2.5x at 1080p), and `data.resize_on_device: false` hands over the resized frames instead.
+720p, about 2.5x at 1080p), so there the workers save the resize's CPU time but hand over more bytes
+(`data.resize_on_device: false` hands over the resized frames instead).
 
 On the CPU the uint8 channels-last kernel is the one `ClipTransform` uses, so both paths give identical frames; on
 other devices the resize runs in float32 and is rounded back to uint8 (within 1 of the CPU's).
