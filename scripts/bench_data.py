@@ -11,8 +11,9 @@ Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG fram
 median over `--repeats` interleaved rounds (the machine may be shared); wall-clock rates. Alongside, CPU
 time per clip (`time.process_time`; DataLoader workers: their rusage once joined) for pure decode, items and
 the workers: less sensitive to other jobs on a shared machine. items − decode is the pipeline's own
-non-decode work; `ratio_worker_cpu` = decode CPU ms ÷ worker CPU ms per clip is what one worker reaches with
-a core to itself (its collate and the shared-memory hand-over of each batch included).
+non-decode work (this process fixes its heap thresholds as the workers do, unless `--no-worker-heap`, so the
+reference is not slowed by fresh pages); `ratio_worker_cpu` = decode CPU ms ÷ worker CPU ms per clip is what one
+worker reaches with a core to itself (its collate and the shared-memory hand-over of each batch included).
 
 The DataLoader runs as training does: batches come back through `SlotHandover`'s reused shared-memory slots, workers
 fix their heap thresholds (`WorkerMemory`), RLE targets stay run lengths until resized (`RLEClipMasks`), and each
@@ -59,7 +60,7 @@ from vidseg.data.sampling import InstanceClipSampler
 from vidseg.data.synthetic import ensure_synthetic
 from vidseg.data.transforms import ClipTransform
 from vidseg.data.video import open_frames
-from vidseg.data.worker_memory import WorkerMemory
+from vidseg.data.worker_memory import WorkerMemory, fix_malloc_thresholds
 from vidseg.model.backbone import normalize_frames
 
 
@@ -247,6 +248,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # one core per process, like a DataLoader worker
+    # the reference at its best: with glibc's adaptive thresholds this process's pure decode sometimes took fresh pages
+    # for every frame (1,800-1,900 faults per clip, 20-21 ms instead of 13-15), which inflated `ratio` past 1. (Not
+    # with --no-worker-heap: forked workers would inherit the fixed thresholds.)
+    if not args.no_worker_heap:
+        fix_malloc_thresholds(64, 256)
 
     ds = build_dataset(args)
     n = min(args.clips, len(ds))
