@@ -17,11 +17,12 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["paint_rects"]
+__all__ = ["paint_rects", "paint_rows"]
 
 
 @numba.njit(cache=True, nogil=True)
-def _paint(rects, out):  # pragma: no cover
+def paint_rows(rects, out):  # pragma: no cover
+    """out[q, i0:i1, j0:j1] = True for every row (q, i0, i1, j0, j1) of `rects` (bool out [Q, H, W], C order)."""
     for r in range(rects.shape[0]):
         q, i0, i1, j0, j1 = rects[r, 0], rects[r, 1], rects[r, 2], rects[r, 3], rects[r, 4]
         for i in range(i0, i1):
@@ -48,7 +49,7 @@ def paint_rects(rects: torch.Tensor, k: int, t: int, height: int, width: int,
         compiled = device.type == "cpu"
     if compiled:
         out = np.zeros((k * t, height, width), dtype=bool)
-        _paint(rects.cpu().numpy().astype(np.int64, copy=False), out)
+        paint_rows(rects.cpu().numpy(), out)
         return torch.from_numpy(out).view(k, t, height, width).to(device)
     r = rects.to(device=device, dtype=torch.int64)
     q, i0, i1, j0, j1 = r.unbind(1)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numba
 import numpy as np
 
+from vidseg.data.mask_rects import paint_rows
 from vidseg.data.records import RLE, AnnotationFormatError
 from vidseg.metrics._rle import DecodedRLEs  # the project's RLE string decoder (shared with the VIS metric)
 
@@ -23,38 +24,11 @@ __all__ = ["RLEClipMasks"]
 
 
 @numba.njit(cache=True, nogil=True)
-def _resize_runs(runs, offsets, masks, height, row_start, col_lo, col_hi, out, nonempty):  # pragma: no cover
-    """out[m, i, j] = mask m at (rows[i], cols[j]) for every mask index in `masks`, from its runs; the output
-    rows of source rows [a, b) are row_start[a]:row_start[b], the output columns of source column x are
-    col_lo[x]:col_hi[x]. `out` is pre-zeroed."""
-    for q in range(len(masks)):
-        m = masks[q]
-        pos, hit = 0, False
-        for k in range(offsets[m], offsets[m + 1]):
-            length = runs[k]
-            if (k - offsets[m]) % 2 == 1 and length > 0:
-                a, b = pos, pos + length
-                x0, x1 = a // height, (b - 1) // height
-                for x in range(x0, x1 + 1):
-                    j0, j1 = col_lo[x], col_hi[x]
-                    if j0 >= j1:
-                        continue
-                    i0 = row_start[a - x * height] if x == x0 else row_start[0]
-                    i1 = row_start[b - x * height] if x == x1 else row_start[height]
-                    if i0 >= i1:
-                        continue
-                    hit = True
-                    for j in range(j0, j1):
-                        for i in range(i0, i1):
-                            out[q, i, j] = True
-            pos += length
-        nonempty[q] = hit
-
-
-@numba.njit(cache=True, nogil=True)
 def _resize_rects(runs, offsets, masks, height, row_start, col_lo, col_hi, rects, nonempty):  # pragma: no cover
-    """`_resize_runs` recording each output block as a row of `rects` (q, i0, i1, j0, j1) instead of painting it.
-    Returns the number of blocks; rows beyond len(rects) are only counted (call again with enough rows)."""
+    """The nearest resize of mask masks[q]'s runs as output blocks, rows (q, i0, i1, j0, j1) of `rects`: the output
+    rows of source rows [a, b) are row_start[a]:row_start[b], the output columns of source column x are
+    col_lo[x]:col_hi[x], and a run is one block per source column it covers. nonempty[q]: any block. Returns the
+    number of blocks; rows beyond len(rects) are only counted (call again with enough rows)."""
     r = 0
     for q in range(len(masks)):
         m = masks[q]
@@ -159,12 +133,9 @@ class RLEClipMasks:
                 or not out.flags.c_contiguous):
             raise ValueError(f"RLEClipMasks.resize_into: out must be C-contiguous bool [{n}, {t}, >={len(rows)}, "
                              f">={len(cols)}], got {out.dtype} {out.shape}")
-        row_start, col_lo, col_hi = self._blocks(rows, cols, "resize_into")
-        flat = out.reshape(n * t, *out.shape[2:])
-        nonempty = np.zeros(n * t, dtype=bool)
-        _resize_runs(self._runs, self._offsets, np.arange(n * t, dtype=np.int64), self.height, row_start,
-                     col_lo, col_hi, flat, nonempty)
-        return nonempty.reshape(n, t)
+        rects, nonempty = self.resize_rects(rows, cols)
+        paint_rows(rects, out.reshape(n * t, *out.shape[2:]))
+        return nonempty
 
     def resize_rects(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The nearest-resized masks of `resize_into` as rectangles, without painting them: (int32 [R, 5] rows
