@@ -57,7 +57,7 @@ def test_probe_batches_are_finished_as_on_the_device() -> None:
     """The probes' training batches have their crops resized and mask rectangles painted (data.resize_on_device)."""
     from _timed_batches import batches_for, probe_data
 
-    _, dm = probe_data("vis", ["data.batch_size=2", "data.steps_per_epoch=2"])
+    _, dm = probe_data("vis", ["data.batch_size=2", "data.steps_per_epoch=2", "data.resize_on_device=true"])
     batch = next(batches_for(dm, 60.0))
     assert batch.device_resize is None and batch.frames.shape[-2:] == batch.pad_mask.shape[-2:]
     for s in batch.samples:

@@ -96,7 +96,8 @@ def test_rank_shard_partitions_without_repeats(length: int, world: int) -> None:
 def test_worker_loaders_use_slots_and_fixed_heap_thresholds_and_bad_options_are_named() -> None:
     from vidseg.data.handover import SlotHandover
 
-    dm = _datamodule(["data.num_workers=2", "data.handover_slots=3", "data.steps_per_epoch=2"])
+    dm = _datamodule(["data.num_workers=2", "data.handover_slots=3", "data.steps_per_epoch=2",
+                      "data.resize_on_device=true"])
     loader = dm.train_dataloader()
     assert isinstance(loader.collate_fn, SlotHandover) and loader.collate_fn.pool.slots_per_worker == 3
     assert (loader.worker_init_fn.mmap_threshold_mb, loader.worker_init_fn.trim_threshold_mb) == (64, 256)
@@ -111,7 +112,7 @@ def test_worker_loaders_use_slots_and_fixed_heap_thresholds_and_bad_options_are_
                           SlotHandover)
     plain = _datamodule(["data.resize_on_device=false", "data.steps_per_epoch=1"]).train_dataloader()
     assert next(iter(plain)).device_resize is None
-    with pytest.raises(ValueError, match="data.resize_on_device must be true or false"):
+    with pytest.raises(ValueError, match="data.resize_on_device must be true, false or auto"):
         _datamodule(["data.resize_on_device=1"])
     with pytest.raises(ValueError, match="data.handover_slots must be an int >= 0"):
         _datamodule(["data.handover_slots=-1"])
@@ -119,3 +120,22 @@ def test_worker_loaders_use_slots_and_fixed_heap_thresholds_and_bad_options_are_
         _datamodule(["data.handover_slot_mb=0"])
     with pytest.raises(ValueError, match="data.worker_mmap_threshold_mb .*mmap_threshold_mb must be a positive"):
         _datamodule(["data.worker_mmap_threshold_mb=-4"])
+
+
+def test_resize_on_device_auto_follows_the_trainers_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    dm = _datamodule()  # data.resize_on_device: auto
+    dm.setup("fit")
+    assert dm.resize_on_device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dm.device_resizes() is False  # no trainer, no CUDA: the workers resize
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dm.device_resizes() is True
+    for device, expected in (("cpu", False), ("cuda:0", True)):
+        trainer = _fake_trainer()
+        trainer.strategy = SimpleNamespace(root_device=torch.device(device))
+        dm.trainer = trainer
+        assert dm.device_resizes() is expected
+        assert dm._clip_dataset(next(iter(dm.specs))).transform.resize_on_device is expected
+    assert _datamodule(["data.resize_on_device=false"]).device_resizes() is False

@@ -124,12 +124,13 @@ class VidsegDataModule(pl.LightningDataModule):
         handover_slot_mb: float = 16.0,
         worker_mmap_threshold_mb: int = 64,
         worker_trim_threshold_mb: int = 256,
-        resize_on_device: bool = True,
+        resize_on_device: bool | str = "auto",
     ) -> None:
         super().__init__()
-        if not isinstance(resize_on_device, bool):
-            raise ValueError(f"data.resize_on_device must be true or false, got {resize_on_device!r}")
-        # training crops are flipped, resized and padded after the batch reaches the device (`data.frame_resize`)
+        if not isinstance(resize_on_device, bool) and resize_on_device != "auto":
+            raise ValueError(f"data.resize_on_device must be true, false or auto, got {resize_on_device!r}")
+        # training crops are flipped, resized and padded (and RLE masks painted) after the batch reaches the device
+        # (`data.frame_resize`, `data.mask_rects`); auto: when that device is an accelerator
         self.resize_on_device = resize_on_device
         if not isinstance(handover_slots, int) or isinstance(handover_slots, bool) or handover_slots < 0:
             raise ValueError(f"data.handover_slots must be an int >= 0 (0: torch's own hand-over), got "
@@ -208,12 +209,22 @@ class VidsegDataModule(pl.LightningDataModule):
         spec = self.specs[name]
         task = self.task_of(name)
         sampler = instantiate(spec["sampler"])
-        transform = instantiate(spec["train_transform"], resize_on_device=self.resize_on_device)
+        transform = instantiate(spec["train_transform"], resize_on_device=self.device_resizes())
         return ClipDataset(
             self.train_records[name], sampler, transform, task=task, samples_per_video=self.samples_per_video,
             seed=self.seed, with_semantic=bool(spec.get("with_semantic", False)),
             prompts=task in ("vos", "pet"),
         )
+
+    def device_resizes(self) -> bool:
+        """Whether training crops are finished on the device: `data.resize_on_device`, where auto means the trainer's
+        device is not the CPU (without a trainer: whether CUDA is available). On the CPU it would only move the
+        workers' resize into the training process."""
+        if self.resize_on_device != "auto":
+            return bool(self.resize_on_device)
+        strategy = self._trainer_attr("strategy", None)
+        device = getattr(strategy, "root_device", None)
+        return torch.cuda.is_available() if device is None else torch.device(device).type != "cpu"
 
     def _trainer_attr(self, name: str, default: Any) -> Any:
         trainer = getattr(self, "trainer", None)
