@@ -183,11 +183,13 @@ def _children_cpu_s() -> float:
 
 
 def rate_loader(ds: ClipDataset, n: int, workers: int, slots: bool = True,
-                worker_heap: bool = True) -> tuple[float, float | None, float | None]:
-    """(clips/s, worker CPU ms per clip, worker minor page faults per clip) of a DataLoader over items
+                worker_heap: bool = True) -> tuple[float, float | None, float | None, float]:
+    """(clips/s, worker CPU ms per clip, worker minor page faults per clip, this process's CPU ms per clip received)
+    of a DataLoader over items
     0..n+workers-1. The rate is taken in steady state (worker start-up and each worker's first clip excluded); the
     worker CPU time and faults (all workers, read from the joined worker processes' rusage; None without workers)
-    cover every clip they made, collate and the hand-over to this process through shared memory included."""
+    cover every clip they made, collate and the hand-over to this process through shared memory included; this
+    process's CPU time (receiving batches) is taken in steady state like the rate."""
     skip = max(workers, 1)
     subset = Subset(ds, range(min(len(ds), n + skip)))
     collate = SlotHandover(ds.collate, workers, slots_per_worker=6) if workers and slots else ds.collate
@@ -196,19 +198,20 @@ def rate_loader(ds: ClipDataset, n: int, workers: int, slots: bool = True,
                         worker_init_fn=WorkerMemory() if workers and worker_heap else None)
     cpu_before, faults_before = _children_cpu_s(), _minor_faults(resource.RUSAGE_CHILDREN)
     batches = iter(loader)
-    start, seen = 0.0, 0
+    start, main_cpu, seen = 0.0, 0.0, 0
     for k, _batch in enumerate(batches):
         if k + 1 == skip:
-            start = time.perf_counter()
+            start, main_cpu = time.perf_counter(), time.process_time()
         elif k + 1 > skip:
             seen += 1
     rate = seen / (time.perf_counter() - start)
+    main_ms = 1000.0 * (time.process_time() - main_cpu) / max(seen, 1)
     del batches, _batch
     gc.collect()  # the exhausted iterator joins its workers; their CPU time then counts as this process's children
     if not workers:
-        return rate, None, None
+        return rate, None, None, main_ms
     worker_ms = 1000.0 * (_children_cpu_s() - cpu_before) / len(subset)
-    return rate, worker_ms, (_minor_faults(resource.RUSAGE_CHILDREN) - faults_before) / len(subset)
+    return rate, worker_ms, (_minor_faults(resource.RUSAGE_CHILDREN) - faults_before) / len(subset), main_ms
 
 
 def profile_items(ds: ClipDataset, n: int, top: int) -> None:
@@ -269,9 +272,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cpu_ms[key].append(ms)
             faults[key].append(flt)
         for w in args.workers:
-            rate, worker_ms, worker_flt = rate_loader(ds, n, w, slots=not args.no_slots,
-                                                      worker_heap=not args.no_worker_heap)
+            rate, worker_ms, worker_flt, main_ms = rate_loader(ds, n, w, slots=not args.no_slots,
+                                                               worker_heap=not args.no_worker_heap)
             rounds[f"loader_w{w}"].append(rate)
+            if w:  # with workers: what receiving the batches costs this (the training) process
+                cpu_ms.setdefault(f"loader_w{w}_main", []).append(main_ms)
             if worker_ms is not None:
                 cpu_ms.setdefault(f"loader_w{w}_workers", []).append(worker_ms)
                 faults.setdefault(f"loader_w{w}_workers", []).append(worker_flt)
@@ -315,7 +320,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r = rates[f"loader_w{w}"]
         worker_ms = cpu.get(f"loader_w{w}_workers")
         print(f"{f'DataLoader num_workers={w}':<34}{r:>10.1f}{r / rates['pure_decode']:>11.2f}"
-              + (f"{worker_ms:>13.2f}  (workers' CPU, hand-over included)" if worker_ms is not None else ""))
+              + (f"{worker_ms:>13.2f}  (workers' CPU, hand-over included; receiving: {cpu[f'loader_w{w}_main']:.2f} "
+                 "ms in this process)" if worker_ms is not None else ""))
     print(f"per worker (num_workers={most}): {per_worker:.1f} clips/s -> ratio {result['ratio']:.2f}")
     if result["ratio_worker_cpu"] is not None:
         print(f"CPU time: one worker with a core of its own would reach {result['ratio_worker_cpu']:.2f}x of "

@@ -30,5 +30,7 @@ def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> Non
     clip = written["clip"]
     assert (clip["slots"], clip["worker_heap"], clip["rle_masks"], clip["device_resize"]) == ((not switches,) * 4)
     assert (written["resize_on_device_ms"] > 0) == (not switches)  # measured when the device does it
+    assert written["cpu_ms_per_clip"]["loader_w2_workers"] > 0 and written["cpu_ms_per_clip"]["loader_w2_main"] > 0
+    assert "loader_w0_main" not in written["cpu_ms_per_clip"]
     assert written["cpu_ms_per_clip"]["loader_w2_workers"] > 0 and written["machine"]["cores"] >= 1
     assert set(written["handover_copy_6mb_ms"]) == {"fresh_shared", "reused_slot"}
