@@ -16,7 +16,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vidseg.data.collate import collate_clips
-from vidseg.data.handover import SlotBatch, SlotHandover, SlotPool, SlotTensor, SlotWriter, map_leaves
+from vidseg.data.handover import (
+    InlineTensor,
+    SlotBatch,
+    SlotHandover,
+    SlotPool,
+    SlotTensor,
+    SlotWriter,
+    map_leaves,
+)
 from vidseg.data.records import Batch, ClipSample
 
 
@@ -105,7 +113,7 @@ def test_a_batch_larger_than_its_slot_goes_torchs_way() -> None:
     handover = SlotHandover(collate_vos, workers=1, slots_per_worker=4, slot_mb=16 / 1024)
     for k, got in enumerate(DataLoader(data, batch_size=1, num_workers=1, collate_fn=handover)):
         assert_same_batch(got, collate_vos([data[k]]))
-        assert not in_pool(got.frames, handover.pool) and in_pool(got.samples[0].track_ids, handover.pool)
+        assert not in_pool(got.frames, handover.pool) and in_pool(got.pad_mask, handover.pool)
 
 
 def test_spawned_workers_receive_the_pool() -> None:
@@ -130,16 +138,45 @@ def test_in_the_main_process_it_is_the_plain_collate() -> None:
 def test_writer_copies_keep_dense_layouts_and_record_tensors_already_in_the_slot() -> None:
     pool = SlotPool(1, 1, 4096)
     writer = SlotWriter(pool, 0)
-    hwc = torch.arange(2 * 3 * 4 * 3, dtype=torch.uint8).view(2, 3, 4, 3).permute(0, 3, 1, 2)
-    strided = torch.arange(40, dtype=torch.float32)[::2]
+    # larger than what travels by value (1 kB)
+    hwc = (torch.arange(2 * 12 * 16 * 3) % 251).to(torch.uint8).view(2, 12, 16, 3).permute(0, 3, 1, 2)
+    strided = torch.arange(600, dtype=torch.float32)[::2]
     placed = [writer.place(t) for t in (hwc, strided)]
     assert placed[0].stride == hwc.stride() and placed[1].stride == (1,)  # kept / made contiguous
     assert all(p.offset % 64 == 0 for p in placed) and placed[1].offset >= hwc.numel()
     inside = writer.empty_strided((5,), (1,), torch.int64)
-    assert writer.place(inside[1:]) == SlotTensor(placed[1].offset + 128 + 8, (4,), (1,), torch.int64)
+    assert writer.place(inside[1:]) == SlotTensor(placed[1].offset + 1216 + 8, (4,), (1,), torch.int64)
     assert writer.empty_strided((4096,), (1,), torch.uint8) is None  # no room left
     rebuilt = pickle.loads(pickle.dumps(SlotBatch(pool.key, 0, {"a": placed[0], "b": [placed[1]]})))
     assert torch.equal(rebuilt["a"], hwc) and torch.equal(rebuilt["b"][0], strided)
+
+
+def test_small_tensors_travel_by_value_and_come_back_equal() -> None:
+    pool = SlotPool(1, 1, 4096)
+    writer = SlotWriter(pool, 0)
+    small = {
+        "ids": torch.arange(5),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros((3, 2, 0, 0), dtype=torch.bool),
+        "strided": torch.arange(24, dtype=torch.int32).view(4, 6)[:, ::2],
+        "transposed": torch.arange(12, dtype=torch.float32).view(3, 4).t(),
+        "bf16": torch.linspace(-1, 1, 7, dtype=torch.bfloat16),
+        "edge": torch.arange(256, dtype=torch.float32),  # exactly 1024 bytes
+    }
+    placed = {k: writer.place(t) for k, t in small.items()}
+    assert all(isinstance(p, InlineTensor) for p in placed.values()) and writer.used == 0
+    big = torch.arange(257, dtype=torch.float32)  # 1028 bytes: into the slot
+    assert isinstance(writer.place(big), SlotTensor)
+    in_slot = writer.empty_strided((2,), (1,), torch.int64)  # tiny but already in the slot: stays a view there
+    assert isinstance(writer.place(in_slot), SlotTensor)
+    back = pickle.loads(pickle.dumps(SlotBatch(pool.key, 0, placed)))
+    for k, t in small.items():
+        got = back[k]
+        assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), k
+        assert not in_pool(got, pool) and got.is_contiguous()
+    back["ids"][0] = 7  # writable, and its own memory
+    assert small["ids"][0] == 0
 
 
 def test_map_leaves_walks_dataclasses_and_containers() -> None:

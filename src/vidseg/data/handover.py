@@ -42,6 +42,7 @@ from torch.utils.data import get_worker_info
 __all__ = ["SlotHandover", "SlotPool", "current_slot_writer"]
 
 _ALIGN = 64  # bytes; keeps every tensor aligned for any dtype
+_INLINE_BYTES = 1024  # tensors up to this size travel by value in the layout (InlineTensor)
 _POOLS: weakref.WeakValueDictionary[str, SlotPool] = weakref.WeakValueDictionary()
 _ACTIVE = threading.local()  # the slot a worker's collate call is filling
 
@@ -131,7 +132,7 @@ class SlotPool:
     def slot_tensor(self, slot: int, offset: int, size: tuple[int, ...], stride: tuple[int, ...],
                     dtype: torch.dtype) -> torch.Tensor:
         """A tensor over bytes [offset, ...) of `slot` (the writing side)."""
-        item = torch.empty(0, dtype=dtype).element_size()
+        item = dtype.itemsize
         return torch.empty(0, dtype=dtype).set_(self.storage, (slot * self.slot_bytes + offset) // item, size, stride)
 
     def lease(self, slot: int) -> torch.UntypedStorage:
@@ -176,7 +177,7 @@ class SlotWriter:
     def empty_strided(self, size: tuple[int, ...], stride: tuple[int, ...],
                       dtype: torch.dtype) -> torch.Tensor | None:
         """An uninitialised tensor in the slot, or None when it does not fit."""
-        item = torch.empty(0, dtype=dtype).element_size()
+        item = dtype.itemsize
         extent = 0 if 0 in size else item * (1 + sum((n - 1) * s for n, s in zip(size, stride, strict=True)))
         offset = -(-self.used // _ALIGN) * _ALIGN
         if offset + extent > self.pool.slot_bytes:
@@ -184,21 +185,46 @@ class SlotWriter:
         self.used = offset + extent
         return self.pool.slot_tensor(self.slot, offset, tuple(size), tuple(stride), dtype)
 
-    def place(self, t: torch.Tensor) -> SlotTensor | torch.Tensor:
-        """`t`'s place in the slot: where it already lies, or a copy made there; `t` itself when it does not fit
-        (it then goes torch's usual way)."""
+    def place(self, t: torch.Tensor) -> SlotTensor | InlineTensor | torch.Tensor:
+        """`t`'s place in the slot: where it already lies, or a copy made there; a tensor of at most
+        `_INLINE_BYTES` outside the slot travels by value inside the layout instead (`InlineTensor`: a copy into
+        the slot plus its view on the other side cost more than the bytes); `t` itself when it does not fit (it
+        then goes torch's usual way)."""
         if t.device.type != "cpu" or t.requires_grad:
             return t
         item = t.element_size()
         start = t.untyped_storage().data_ptr() + t.storage_offset() * item - self._ptr - self._start
         if t.untyped_storage().data_ptr() == self._ptr and 0 <= start < self.pool.slot_bytes:
             return SlotTensor(start, tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() * item <= _INLINE_BYTES:
+            return InlineTensor(_tensor_bytes(t), tuple(t.shape), t.dtype)
         stride = tuple(t.stride()) if _dense(t) else torch.empty(t.shape, device="meta").stride()
         dest = self.empty_strided(tuple(t.shape), stride, t.dtype)
         if dest is None:
             return t
         dest.copy_(t)
         return SlotTensor(dest.storage_offset() * item - self._start, tuple(t.shape), stride, t.dtype)
+
+
+class InlineTensor(NamedTuple):
+    """A small tensor carried by value in a batch's layout: its elements in row-major order."""
+
+    data: bytes
+    size: tuple[int, ...]
+    dtype: torch.dtype
+
+    def tensor(self) -> torch.Tensor:
+        if not self.data:
+            return torch.empty(self.size, dtype=self.dtype)
+        return torch.frombuffer(bytearray(self.data), dtype=self.dtype).view(self.size)
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """`t`'s elements in row-major order as bytes."""
+    try:
+        return t.numpy().tobytes()
+    except (TypeError, RuntimeError):  # dtypes numpy lacks (bfloat16), conjugate/negative views
+        return t.resolve_conj().resolve_neg().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -217,16 +243,13 @@ def current_slot_writer() -> SlotWriter | None:
     return getattr(_ACTIVE, "writer", None)
 
 
-def map_leaves(obj: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
+def map_leaves(obj: Any, kind: type | tuple[type, ...], fn: Callable[[Any], Any]) -> Any:
     """`obj` with every `kind` inside dataclasses, lists, tuples and dicts replaced by `fn(leaf)`; containers
     are copied (dataclasses shallowly, fields set directly so no validation reruns), other objects kept."""
     if isinstance(obj, kind):
         return fn(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = copy.copy(obj)
-        for f in dataclasses.fields(obj):
-            object.__setattr__(out, f.name, map_leaves(getattr(obj, f.name), kind, fn))
-        return out
+    if isinstance(obj, _ATOMS):
+        return obj
     if isinstance(obj, list):
         return [map_leaves(v, kind, fn) for v in obj]
     if isinstance(obj, tuple):
@@ -234,7 +257,29 @@ def map_leaves(obj: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
         return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
     if isinstance(obj, dict):
         return {k: map_leaves(v, kind, fn) for k, v in obj.items()}
-    return obj
+    names = _dataclass_fields(type(obj))
+    if not names:
+        return obj
+    if hasattr(obj, "__dict__"):  # a shallow copy without copy.copy's reduce protocol
+        out = object.__new__(type(obj))
+        out.__dict__.update(obj.__dict__)
+    else:
+        out = copy.copy(obj)
+    for name in names:
+        object.__setattr__(out, name, map_leaves(getattr(obj, name), kind, fn))
+    return out
+
+
+_ATOMS = (str, int, float, complex, bytes, type(None), torch.dtype)
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _dataclass_fields(cls: type) -> tuple[str, ...]:
+    """The field names of dataclass `cls` (empty for other types), cached per class."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ()
+    return names
 
 
 class SlotBatch:
@@ -257,11 +302,12 @@ def receive_slot_batch(key: str, slot: int, skeleton: Any) -> Any:
                            "received by the process that built its DataLoader")
     lease = pool.lease(slot)
 
-    def rebuild(p: SlotTensor) -> torch.Tensor:
-        item = torch.empty(0, dtype=p.dtype).element_size()
-        return torch.empty(0, dtype=p.dtype).set_(lease, p.offset // item, p.size, p.stride)
+    def rebuild(p: SlotTensor | InlineTensor) -> torch.Tensor:
+        if isinstance(p, InlineTensor):
+            return p.tensor()
+        return torch.empty(0, dtype=p.dtype).set_(lease, p.offset // p.dtype.itemsize, p.size, p.stride)
 
-    return map_leaves(skeleton, SlotTensor, rebuild)
+    return map_leaves(skeleton, (SlotTensor, InlineTensor), rebuild)
 
 
 class SlotHandover:
