@@ -6,11 +6,14 @@ Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG fram
 - ClipDataset items in this process (sampling, decode, RLE decode, targets, crop draw; with the device resize,
   the default since session 14, no frame resize, padding or mask painting: those happen in `Batch.to`, and the
   crop copy in the collate, so items' figures are not comparable with earlier sessions');
-- DataLoader with num_workers 0 and 2 (3-frame clips, YouTube-VIS TarViS settings), batch size 1.
-`ratio` = (DataLoader clips/s with the most workers ÷ workers) ÷ pure-decode clips/s. Every rate is the
-median over `--repeats` interleaved rounds (the machine may be shared); wall-clock rates. Alongside, CPU
-time per clip (`time.process_time`; DataLoader workers: their rusage once joined) for pure decode, items and
-the workers: less sensitive to other jobs on a shared machine. items − decode is the pipeline's own
+- DataLoader with num_workers 0 and 2 (3-frame clips, YouTube-VIS TarViS settings), batch size 1;
+- pure decode in as many processes at once as the most workers (`pure_decode_x2`, per process): what the machine
+  gives each of two decoders running together (shared caches and memory bandwidth, clock, other tenants).
+`ratio` = (DataLoader clips/s with the most workers ÷ workers) ÷ pure-decode clips/s; `ratio_concurrent_decode` =
+the same per-worker rate ÷ `pure_decode_x2`, the part of the gap that is the pipeline's rather than the machine's.
+Every rate is the median over `--repeats` interleaved rounds (the machine may be shared); wall-clock rates.
+Alongside, CPU time per clip (`time.process_time`; DataLoader workers: their rusage once joined) for pure decode,
+items and the workers: less sensitive to other jobs on a shared machine. items − decode is the pipeline's own
 non-decode work (this process fixes its heap thresholds as the workers do, unless `--no-worker-heap`, so the
 reference is not slowed by fresh pages); `ratio_worker_cpu` = decode CPU ms ÷ worker CPU ms per clip is what one
 worker reaches with a core to itself (its collate and the shared-memory hand-over of each batch included).
@@ -40,6 +43,7 @@ import argparse
 import cProfile
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import pstats
@@ -109,6 +113,26 @@ def rate_pure_decode(ds: ClipDataset, n: int) -> tuple[float, float, float]:
         reader.read(frames)
     return (n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n,
             (_minor_faults(resource.RUSAGE_SELF) - faults) / n)
+
+
+def rate_pure_decode_concurrent(ds: ClipDataset, n: int, processes: int) -> tuple[float, float]:
+    """(clips/s per process, CPU ms per clip) of `processes` forked processes decoding items 0..n-1's frames at
+    the same time, as `rate_pure_decode` does alone: what this machine gives each of that many decoders at once
+    (shared caches, memory bandwidth, clock, other tenants), the ceiling of a DataLoader with as many workers."""
+    ctx = multiprocessing.get_context("fork")
+    start, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_decode_after, args=(ds, n, start, results)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    got = [results.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return statistics.mean(r[0] for r in got), statistics.mean(r[1] for r in got)
+
+
+def _decode_after(ds: ClipDataset, n: int, start: Any, results: Any) -> None:
+    start.wait()
+    results.put(rate_pure_decode(ds, n)[:2])
 
 
 def rate_items(ds: ClipDataset, n: int) -> tuple[float, float, float]:
@@ -265,12 +289,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rounds.update({f"loader_w{w}": [] for w in args.workers})
     cpu_ms: dict[str, list[float]] = {"pure_decode": [], "dataset_items": []}
     faults: dict[str, list[float]] = {"pure_decode": [], "dataset_items": []}
+    most = max(args.workers)
+    concurrent = f"pure_decode_x{most}"
+    if most > 1:
+        rounds[concurrent], cpu_ms[concurrent] = [], []
     for _ in range(args.repeats):
         for key, fn in (("pure_decode", rate_pure_decode), ("dataset_items", rate_items)):
             rate, ms, flt = fn(ds, n)
             rounds[key].append(rate)
             cpu_ms[key].append(ms)
             faults[key].append(flt)
+        if most > 1:  # as many decoders at once as the DataLoader has workers
+            rate, ms = rate_pure_decode_concurrent(ds, n, most)
+            rounds[concurrent].append(rate)
+            cpu_ms[concurrent].append(ms)
         for w in args.workers:
             rate, worker_ms, worker_flt, main_ms = rate_loader(ds, n, w, slots=not args.no_slots,
                                                                worker_heap=not args.no_worker_heap)
@@ -282,10 +314,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 faults.setdefault(f"loader_w{w}_workers", []).append(worker_flt)
     rates = {k: statistics.median(v) for k, v in rounds.items()}
     cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
-    most = max(args.workers)
     per_worker = rates[f"loader_w{most}"] / max(most, 1)
     result = {
         "ratio": per_worker / rates["pure_decode"],
+        # per worker against each of as many decoders running at once: the pipeline's share of the gap
+        "ratio_concurrent_decode": per_worker / rates[concurrent] if concurrent in rates else None,
         "ratio_items": rates["dataset_items"] / rates["pure_decode"],
         "ratio_items_cpu": cpu["pure_decode"] / cpu["dataset_items"],
         "ratio_worker_cpu": (cpu["pure_decode"] / cpu[f"loader_w{most}_workers"]
@@ -314,6 +347,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{'pipeline':<34}{'clips/s':>10}{'vs decode':>11}{'CPU ms/clip':>13}")
     print(f"{'pure decode (same frames, reader)':<34}{rates['pure_decode']:>10.1f}{1.0:>11.2f}"
           f"{cpu['pure_decode']:>13.2f}")
+    if concurrent in rates:
+        rc = rates[concurrent]
+        print(f"{f'pure decode, {most} processes at once':<34}{rc:>10.1f}{rc / rates['pure_decode']:>11.2f}"
+              f"{cpu[concurrent]:>13.2f}  (each)")
     print(f"{'ClipDataset items, this process':<34}{rates['dataset_items']:>10.1f}{result['ratio_items']:>11.2f}"
           f"{cpu['dataset_items']:>13.2f}")
     for w in args.workers:
@@ -322,7 +359,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{f'DataLoader num_workers={w}':<34}{r:>10.1f}{r / rates['pure_decode']:>11.2f}"
               + (f"{worker_ms:>13.2f}  (workers' CPU, hand-over included; receiving: {cpu[f'loader_w{w}_main']:.2f} "
                  "ms in this process)" if worker_ms is not None else ""))
-    print(f"per worker (num_workers={most}): {per_worker:.1f} clips/s -> ratio {result['ratio']:.2f}")
+    print(f"per worker (num_workers={most}): {per_worker:.1f} clips/s -> ratio {result['ratio']:.2f}"
+          + (f"; against each of {most} decoders at once: {result['ratio_concurrent_decode']:.2f}"
+             if result["ratio_concurrent_decode"] is not None else ""))
     if result["ratio_worker_cpu"] is not None:
         print(f"CPU time: one worker with a core of its own would reach {result['ratio_worker_cpu']:.2f}x of "
               f"decode's rate (decode CPU ms / worker CPU ms per clip)")

@@ -1,6 +1,7 @@
 """scripts/bench_data.py runs end to end on a small dataset and writes the figures #2 asks for: the headline
 `ratio` at the top level of its JSON, next to the pure-decode and per-worker rates it is made of, and the
-switches that turn the slots, the worker heap thresholds, the RLE masks and the resize on the device off."""
+switches that turn the slots, the worker heap thresholds, the RLE masks and the resize on the device off, and the
+rate of two pure decoders at once (what the machine gives each of two workers)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> Non
     written = json.loads(out.read_text())
     assert list(written)[0] == "ratio" and written["ratio"] == pytest.approx(result["ratio"])
     rates = written["clips_per_s"]
-    assert set(rates) == {"pure_decode", "dataset_items", "loader_w0", "loader_w2"} and min(rates.values()) > 0
+    assert set(rates) == {"pure_decode", "pure_decode_x2", "dataset_items", "loader_w0", "loader_w2"}
+    assert min(rates.values()) > 0 and written["cpu_ms_per_clip"]["pure_decode_x2"] > 0
     assert written["ratio"] == pytest.approx(rates["loader_w2"] / 2 / rates["pure_decode"])
+    assert written["ratio_concurrent_decode"] == pytest.approx(rates["loader_w2"] / 2 / rates["pure_decode_x2"])
     clip = written["clip"]
     assert (clip["slots"], clip["worker_heap"], clip["rle_masks"], clip["device_resize"]) == ((not switches,) * 4)
     assert (written["resize_on_device_ms"] > 0) == (not switches)  # measured when the device does it

@@ -303,24 +303,26 @@ class ClipTransform:
         cols = _nearest_index(cw, out_w, x0, flip)
         mask_rects = None
         if rle and masks_as_rects and device_resize is not None:  # painted on the device (`data.mask_rects`)
-            rects, nonempty_np = mask_array.resize_rects(rows, cols)
-            nonempty = torch.from_numpy(nonempty_np)
+            rects, nonempty = mask_array.resize_rects(rows, cols)
         else:
             padded = torch.zeros((masks.shape[0], t, pad_h, pad_w), dtype=torch.bool)
             if rle:
-                nonempty = torch.from_numpy(mask_array.resize_into(rows, cols, padded.numpy()))  # [N, T]
+                nonempty = mask_array.resize_into(rows, cols, padded.numpy())  # bool [N, T]
             else:
-                nonempty = torch.from_numpy(_resize_masks(mask_array, boxes, rows, cols, padded.numpy()))
-        kept = nonempty[:, reference_frame] if reference_frame is not None else nonempty.any(1)
-        keep = torch.nonzero(kept).flatten()
+                nonempty = _resize_masks(mask_array, boxes, rows, cols, padded.numpy())
+        # (numpy: on these few elements each torch call costs more than the work)
+        kept_np = nonempty[:, reference_frame] if reference_frame is not None else nonempty.any(1)
+        keep_np = np.flatnonzero(kept_np).astype(np.int64, copy=False)
+        keep = torch.from_numpy(keep_np)
         if rle and masks_as_rects and device_resize is not None:
             target = np.full(masks.shape[0], -1, np.int64)  # kept targets renumbered
-            target[keep.numpy()] = np.arange(keep.numel())
+            target[keep_np] = np.arange(len(keep_np))
             new = target[rects[:, 0] // t]
-            rects = rects[new >= 0]
-            rects[:, 0] = new[new >= 0] * t + rects[:, 0] % t
+            survives = new >= 0
+            rects = rects[survives]
+            rects[:, 0] = new[survives] * t + rects[:, 0] % t
             mask_rects = torch.from_numpy(rects)
-            out_masks = torch.zeros((keep.numel(), t, 0, 0), dtype=torch.bool)  # shape only, until painted
+            out_masks = torch.zeros((len(keep_np), t, 0, 0), dtype=torch.bool)  # shape only, until painted
         else:
             out_masks = padded if keep.numel() == masks.shape[0] else padded[keep]
 
