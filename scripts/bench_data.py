@@ -57,6 +57,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from _worker_split import WorkerSplit
 from vidseg.data.clip_dataset import ClipDataset
 from vidseg.data.formats import get_format
 from vidseg.data.handover import SlotHandover
@@ -206,20 +207,23 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def rate_loader(ds: ClipDataset, n: int, workers: int, slots: bool = True,
-                worker_heap: bool = True) -> tuple[float, float | None, float | None, float]:
+def rate_loader(ds: ClipDataset, n: int, workers: int, slots: bool = True, worker_heap: bool = True,
+                split: WorkerSplit | None = None) -> tuple[float, float | None, float | None, float]:
     """(clips/s, worker CPU ms per clip, worker minor page faults per clip, this process's CPU ms per clip received)
     of a DataLoader over items
     0..n+workers-1. The rate is taken in steady state (worker start-up and each worker's first clip excluded); the
     worker CPU time and faults (all workers, read from the joined worker processes' rusage; None without workers)
     cover every clip they made, collate and the hand-over to this process through shared memory included; this
-    process's CPU time (receiving batches) is taken in steady state like the rate."""
+    process's CPU time (receiving batches) is taken in steady state like the rate. `split` (with workers): the
+    workers also add up where their CPU time goes (`_worker_split`)."""
     skip = max(workers, 1)
     subset = Subset(ds, range(min(len(ds), n + skip)))
     collate = SlotHandover(ds.collate, workers, slots_per_worker=6) if workers and slots else ds.collate
+    init = WorkerMemory() if workers and worker_heap else None
+    if split is not None and workers:
+        split.init_fn, init, collate = init, split.worker_init, split.collate(collate)
     loader = DataLoader(subset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=collate,
-                        prefetch_factor=4 if workers else None,
-                        worker_init_fn=WorkerMemory() if workers and worker_heap else None)
+                        prefetch_factor=4 if workers else None, worker_init_fn=init)
     cpu_before, faults_before = _children_cpu_s(), _minor_faults(resource.RUSAGE_CHILDREN)
     batches = iter(loader)
     start, main_cpu, seen = 0.0, 0.0, 0
@@ -271,6 +275,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-device-resize", action="store_true",
                    help="workers flip, resize and pad the crops (training leaves that to the device: "
                         "data.resize_on_device)")
+    p.add_argument("--worker-split", action="store_true",
+                   help="also report where the workers' CPU time goes per clip: reading frames, the rest of the item, "
+                        "collate and hand-over, the DataLoader loop, other threads (scripts/_worker_split.py)")
     p.add_argument("--profile", type=int, default=0, help="print the top-N functions of ClipDataset items")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -293,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     concurrent = f"pure_decode_x{most}"
     if most > 1:
         rounds[concurrent], cpu_ms[concurrent] = [], []
+    splits: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for key, fn in (("pure_decode", rate_pure_decode), ("dataset_items", rate_items)):
             rate, ms, flt = fn(ds, n)
@@ -304,8 +312,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rounds[concurrent].append(rate)
             cpu_ms[concurrent].append(ms)
         for w in args.workers:
+            split = WorkerSplit(w) if args.worker_split and w else None
             rate, worker_ms, worker_flt, main_ms = rate_loader(ds, n, w, slots=not args.no_slots,
-                                                               worker_heap=not args.no_worker_heap)
+                                                               worker_heap=not args.no_worker_heap, split=split)
+            if split is not None and w == most:
+                for name, ms in split.ms_per_clip().items():
+                    splits.setdefault(name, []).append(ms)
             rounds[f"loader_w{w}"].append(rate)
             if w:  # with workers: what receiving the batches costs this (the training) process
                 cpu_ms.setdefault(f"loader_w{w}_main", []).append(main_ms)
@@ -328,6 +340,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "workers": most,
         "cpu_ms_per_clip": cpu,
         "minor_faults_per_clip": {k: statistics.median(v) for k, v in faults.items()},
+        # --worker-split: the workers' CPU ms per clip by part (medians over rounds), with the most workers
+        "worker_split_ms_per_clip": {k: statistics.median(v) for k, v in splits.items()} or None,
         "non_decode_cpu_ms_per_clip": cpu["dataset_items"] - cpu["pure_decode"],
         "colour_on_device_ms": colour_on_device_ms(ds),
         "resize_on_device_ms": resize_on_device_ms(ds),
@@ -372,6 +386,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     copy = result["handover_copy_6mb_ms"]
     print(f"copying 6 MB into fresh shared memory: {copy['fresh_shared']:.2f} ms CPU, into a reused slot: "
           f"{copy['reused_slot']:.2f} ms")
+    if result["worker_split_ms_per_clip"]:
+        print(f"workers' CPU ms per clip (num_workers={most}): " + ", ".join(
+            f"{k.replace('_', ' ')} {v:.2f}" for k, v in result["worker_split_ms_per_clip"].items()))
     flt = result["minor_faults_per_clip"]
     print("minor page faults per clip: " + ", ".join(f"{k} {v:.0f}" for k, v in flt.items()))
     if args.profile:

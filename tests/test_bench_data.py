@@ -37,3 +37,16 @@ def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> Non
     assert "loader_w0_main" not in written["cpu_ms_per_clip"]
     assert written["cpu_ms_per_clip"]["loader_w2_workers"] > 0 and written["machine"]["cores"] >= 1
     assert set(written["handover_copy_6mb_ms"]) == {"fresh_shared", "reused_slot"}
+    assert written["worker_split_ms_per_clip"] is None  # only with --worker-split
+
+
+def test_worker_split_adds_up_to_the_workers_cpu_time(tmp_path: Path) -> None:
+    result = bench_data.main(["--cache", str(tmp_path / "cache"), "--height", "96", "--width", "128", "--videos", "2",
+                              "--frames", "8", "--clips", "12", "--repeats", "1", "--workers", "2",
+                              "--worker-split"])
+    split = result["worker_split_ms_per_clip"]
+    assert list(split) == ["read", "item_other", "collate_handover", "loop", "other_threads"]
+    assert split["read"] > 0 and split["item_other"] > 0 and split["collate_handover"] > 0
+    assert min(split.values()) >= 0
+    # the parts are the workers' CPU after start-up; their rusage also holds the start-up and the first clips
+    assert sum(split.values()) <= result["cpu_ms_per_clip"]["loader_w2_workers"] * 1.05
