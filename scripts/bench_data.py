@@ -8,7 +8,9 @@ Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG fram
   crop copy in the collate, so items' figures are not comparable with earlier sessions');
 - DataLoader with num_workers 0 and 2 (3-frame clips, YouTube-VIS TarViS settings), batch size 1;
 - pure decode in as many processes at once as the most workers (`pure_decode_x2`, per process): what the machine
-  gives each of two decoders running together (shared caches and memory bandwidth, clock, other tenants).
+  gives each of two decoders running together (shared caches and memory bandwidth, clock, other tenants);
+- the same DataLoader over items that only spin for pure decode's CPU time per clip (`ratio_loader_floor`): the
+  ratio a pipeline with no work but decoding would reach here, the DataLoader's own work and the sharing left.
 `ratio` = (DataLoader clips/s with the most workers ÷ workers) ÷ pure-decode clips/s; `ratio_concurrent_decode` =
 the same per-worker rate ÷ `pure_decode_x2`, the part of the gap that is the pipeline's rather than the machine's.
 Every rate is the median over `--repeats` interleaved rounds (the machine may be shared); wall-clock rates.
@@ -43,7 +45,6 @@ import argparse
 import cProfile
 import gc
 import json
-import multiprocessing
 import os
 import platform
 import pstats
@@ -57,6 +58,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from _bench_references import minor_faults, rate_loader_floor, rate_pure_decode, rate_pure_decode_concurrent
 from _worker_split import WorkerSplit
 from vidseg.data.clip_dataset import ClipDataset
 from vidseg.data.formats import get_format
@@ -64,7 +66,6 @@ from vidseg.data.handover import SlotHandover
 from vidseg.data.sampling import InstanceClipSampler
 from vidseg.data.synthetic import ensure_synthetic
 from vidseg.data.transforms import ClipTransform
-from vidseg.data.video import open_frames
 from vidseg.data.worker_memory import WorkerMemory, fix_malloc_thresholds
 from vidseg.model.backbone import normalize_frames
 
@@ -100,55 +101,13 @@ def build_dataset(args: argparse.Namespace, **kw: Any) -> ClipDataset:
                        rle_masks=not args.no_rle_masks, **kw)
 
 
-def rate_pure_decode(ds: ClipDataset, n: int) -> tuple[float, float, float]:
-    """(clips/s, CPU ms per clip, minor page faults per clip) decoding exactly the frames the dataset samples for
-    items 0..n-1, with the same reader."""
-    plan = []
-    for i in range(n):
-        video = ds.dataset.videos[i // ds.samples_per_video]
-        plan.append((video, ds.sampler.sample(video, ds.rng_for(i))))
-    readers: dict[str, Any] = {}
-    start, cpu, faults = time.perf_counter(), time.process_time(), _minor_faults(resource.RUSAGE_SELF)
-    for video, frames in plan:
-        reader = readers.get(video.video_id) or readers.setdefault(video.video_id, open_frames(video.frames))
-        reader.read(frames)
-    return (n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n,
-            (_minor_faults(resource.RUSAGE_SELF) - faults) / n)
-
-
-def rate_pure_decode_concurrent(ds: ClipDataset, n: int, processes: int) -> tuple[float, float]:
-    """(clips/s per process, CPU ms per clip) of `processes` forked processes decoding items 0..n-1's frames at
-    the same time, as `rate_pure_decode` does alone: what this machine gives each of that many decoders at once
-    (shared caches, memory bandwidth, clock, other tenants), the ceiling of a DataLoader with as many workers."""
-    ctx = multiprocessing.get_context("fork")
-    start, results = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=_decode_after, args=(ds, n, start, results)) for _ in range(processes)]
-    for proc in procs:
-        proc.start()
-    got = [results.get() for _ in procs]
-    for proc in procs:
-        proc.join()
-    return statistics.mean(r[0] for r in got), statistics.mean(r[1] for r in got)
-
-
-def _decode_after(ds: ClipDataset, n: int, start: Any, results: Any) -> None:
-    start.wait()
-    results.put(rate_pure_decode(ds, n)[:2])
-
-
 def rate_items(ds: ClipDataset, n: int) -> tuple[float, float, float]:
     """(clips/s, CPU ms per clip, minor page faults per clip) of ClipDataset items 0..n-1 in this process."""
-    start, cpu, faults = time.perf_counter(), time.process_time(), _minor_faults(resource.RUSAGE_SELF)
+    start, cpu, faults = time.perf_counter(), time.process_time(), minor_faults(resource.RUSAGE_SELF)
     for i in range(n):
         ds[i]
     return (n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n,
-            (_minor_faults(resource.RUSAGE_SELF) - faults) / n)
-
-
-def _minor_faults(who: int) -> int:
-    """Minor page faults so far of this process (RUSAGE_SELF) or its joined children (RUSAGE_CHILDREN): fresh
-    pages, e.g. the shared memory of each worker hand-over, cost a fault each."""
-    return resource.getrusage(who).ru_minflt
+            (minor_faults(resource.RUSAGE_SELF) - faults) / n)
 
 
 def colour_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
@@ -224,7 +183,7 @@ def rate_loader(ds: ClipDataset, n: int, workers: int, slots: bool = True, worke
         split.init_fn, init, collate = init, split.worker_init, split.collate(collate)
     loader = DataLoader(subset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=collate,
                         prefetch_factor=4 if workers else None, worker_init_fn=init)
-    cpu_before, faults_before = _children_cpu_s(), _minor_faults(resource.RUSAGE_CHILDREN)
+    cpu_before, faults_before = _children_cpu_s(), minor_faults(resource.RUSAGE_CHILDREN)
     batches = iter(loader)
     start, main_cpu, seen = 0.0, 0.0, 0
     for k, _batch in enumerate(batches):
@@ -239,7 +198,7 @@ def rate_loader(ds: ClipDataset, n: int, workers: int, slots: bool = True, worke
     if not workers:
         return rate, None, None, main_ms
     worker_ms = 1000.0 * (_children_cpu_s() - cpu_before) / len(subset)
-    return rate, worker_ms, (_minor_faults(resource.RUSAGE_CHILDREN) - faults_before) / len(subset), main_ms
+    return rate, worker_ms, (minor_faults(resource.RUSAGE_CHILDREN) - faults_before) / len(subset), main_ms
 
 
 def profile_items(ds: ClipDataset, n: int, top: int) -> None:
@@ -301,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if most > 1:
         rounds[concurrent], cpu_ms[concurrent] = [], []
     splits: dict[str, list[float]] = {}
+    floors: list[float] = []
     for _ in range(args.repeats):
         for key, fn in (("pure_decode", rate_pure_decode), ("dataset_items", rate_items)):
             rate, ms, flt = fn(ds, n)
@@ -311,6 +271,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rate, ms = rate_pure_decode_concurrent(ds, n, most)
             rounds[concurrent].append(rate)
             cpu_ms[concurrent].append(ms)
+        if most:  # the DataLoader with nothing but decode's CPU time per item
+            floors.append(rate_loader_floor(n, most, cpu_ms["pure_decode"][-1]))
         for w in args.workers:
             split = WorkerSplit(w) if args.worker_split and w else None
             rate, worker_ms, worker_flt, main_ms = rate_loader(ds, n, w, slots=not args.no_slots,
@@ -331,6 +293,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio": per_worker / rates["pure_decode"],
         # per worker against each of as many decoders running at once: the pipeline's share of the gap
         "ratio_concurrent_decode": per_worker / rates[concurrent] if concurrent in rates else None,
+        # the ratio of a DataLoader whose items only spin for decode's CPU time: the ceiling here
+        "ratio_loader_floor": statistics.median(floors) if floors else None,
         "ratio_items": rates["dataset_items"] / rates["pure_decode"],
         "ratio_items_cpu": cpu["pure_decode"] / cpu["dataset_items"],
         "ratio_worker_cpu": (cpu["pure_decode"] / cpu[f"loader_w{most}_workers"]
@@ -376,6 +340,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"per worker (num_workers={most}): {per_worker:.1f} clips/s -> ratio {result['ratio']:.2f}"
           + (f"; against each of {most} decoders at once: {result['ratio_concurrent_decode']:.2f}"
              if result["ratio_concurrent_decode"] is not None else ""))
+    if result["ratio_loader_floor"] is not None:
+        print(f"the same DataLoader over items that only spin for decode's CPU time reaches "
+              f"{result['ratio_loader_floor']:.2f} per worker (its own work and the machine's sharing: the ceiling)")
     if result["ratio_worker_cpu"] is not None:
         print(f"CPU time: one worker with a core of its own would reach {result['ratio_worker_cpu']:.2f}x of "
               f"decode's rate (decode CPU ms / worker CPU ms per clip)")
