@@ -74,19 +74,21 @@ class BusyItems(torch.utils.data.Dataset):
         return index
 
 
-def rate_loader_floor(n: int, workers: int, ms: float) -> float:
-    """Clips/s per worker of the same DataLoader (batch size 1, `workers` workers) over items that only spin for
-    pure decode's CPU ms per clip, ÷ what one process spinning gets (1000 / ms): the most a pipeline whose items cost
-    exactly their decoding could reach per worker here, the DataLoader's own work and the machine's sharing left."""
+def rate_loader_floor(n: int, workers: int, ms: float) -> tuple[float, float]:
+    """(clips/s per worker ÷ what one process spinning gets (1000 / ms), this process's CPU ms per batch received)
+    of the same DataLoader (batch size 1, `workers` workers) over items that only spin for pure decode's CPU ms per
+    clip: the most a pipeline whose items cost exactly their decoding could reach per worker here, the DataLoader's
+    own work and the machine's sharing left."""
     loader = DataLoader(BusyItems(n + workers, ms), batch_size=1, num_workers=workers, prefetch_factor=4,
                         collate_fn=_first)
     batches = iter(loader)
     for _ in range(workers):
         next(batches)
-    start, seen = time.perf_counter(), 0
+    start, cpu, seen = time.perf_counter(), time.process_time(), 0
     for _ in batches:
         seen += 1
-    return seen / (time.perf_counter() - start) / workers / (1000.0 / ms)
+    main_ms = 1000.0 * (time.process_time() - cpu) / max(seen, 1)
+    return seen / (time.perf_counter() - start) / workers / (1000.0 / ms), main_ms
 
 
 def _first(items: list[int]) -> int:

@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rounds[concurrent].append(rate)
             cpu_ms[concurrent].append(ms)
         if most:  # the DataLoader with nothing but decode's CPU time per item
-            floors.append(rate_loader_floor(n, most, cpu_ms["pure_decode"][-1]))
+            floor, floor_main = rate_loader_floor(n, most, cpu_ms["pure_decode"][-1])
+            floors.append(floor)
+            cpu_ms.setdefault("loader_floor_main", []).append(floor_main)
         for w in args.workers:
             split = WorkerSplit(w) if args.worker_split and w else None
             rate, worker_ms, worker_flt, main_ms = rate_loader(ds, n, w, slots=not args.no_slots,
@@ -342,7 +344,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              if result["ratio_concurrent_decode"] is not None else ""))
     if result["ratio_loader_floor"] is not None:
         print(f"the same DataLoader over items that only spin for decode's CPU time reaches "
-              f"{result['ratio_loader_floor']:.2f} per worker (its own work and the machine's sharing: the ceiling)")
+              f"{result['ratio_loader_floor']:.2f} per worker (its own work and the machine's sharing: the ceiling; "
+              f"receiving: {cpu['loader_floor_main']:.2f} ms in this process)")
     if result["ratio_worker_cpu"] is not None:
         print(f"CPU time: one worker with a core of its own would reach {result['ratio_worker_cpu']:.2f}x of "
               f"decode's rate (decode CPU ms / worker CPU ms per clip)")

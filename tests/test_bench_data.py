@@ -39,6 +39,7 @@ def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> Non
     assert set(written["handover_copy_6mb_ms"]) == {"fresh_shared", "reused_slot"}
     assert written["worker_split_ms_per_clip"] is None  # only with --worker-split
     assert 0 < written["ratio_loader_floor"] <= 1.2  # spinning items: no pipeline reaches more than about 1
+    assert written["cpu_ms_per_clip"]["loader_floor_main"] > 0
 
 
 def test_worker_split_adds_up_to_the_workers_cpu_time(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import gc
 import pickle
-from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -16,15 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vidseg.data.collate import collate_clips
-from vidseg.data.handover import (
-    InlineTensor,
-    SlotBatch,
-    SlotHandover,
-    SlotPool,
-    SlotTensor,
-    SlotWriter,
-    map_leaves,
-)
+from vidseg.data.handover import InlineTensor, SlotBatch, SlotHandover, SlotPool, SlotTensor, SlotWriter
 from vidseg.data.records import Batch, ClipSample
 
 
@@ -136,7 +127,7 @@ def test_in_the_main_process_it_is_the_plain_collate() -> None:
 
 
 def test_writer_copies_keep_dense_layouts_and_record_tensors_already_in_the_slot() -> None:
-    pool = SlotPool(1, 1, 4096)
+    pool = SlotPool(1, 1, 8192)
     writer = SlotWriter(pool, 0)
     # larger than what travels by value (1 kB)
     hwc = (torch.arange(2 * 12 * 16 * 3) % 251).to(torch.uint8).view(2, 12, 16, 3).permute(0, 3, 1, 2)
@@ -146,9 +137,13 @@ def test_writer_copies_keep_dense_layouts_and_record_tensors_already_in_the_slot
     assert all(p.offset % 64 == 0 for p in placed) and placed[1].offset >= hwc.numel()
     inside = writer.empty_strided((5,), (1,), torch.int64)
     assert writer.place(inside[1:]) == SlotTensor(placed[1].offset + 1216 + 8, (4,), (1,), torch.int64)
-    assert writer.empty_strided((4096,), (1,), torch.uint8) is None  # no room left
-    rebuilt = pickle.loads(pickle.dumps(SlotBatch(pool.key, 0, {"a": placed[0], "b": [placed[1]]})))
+    assert writer.empty_strided((8192,), (1,), torch.uint8) is None  # no room left
+    used = writer.used
+    rebuilt = pickle.loads(pickle.dumps(SlotBatch(pool.key, 0, writer.pack({"a": hwc, "b": [strided, inside[1:]]}))))
+    assert used == 2408 and writer.used == 2432 + 1152 + 1200  # hwc and strided copied again, inside[1:] not
     assert torch.equal(rebuilt["a"], hwc) and torch.equal(rebuilt["b"][0], strided)
+    assert rebuilt["a"].stride() == hwc.stride() and all(in_pool(t, pool) for t in (rebuilt["a"], *rebuilt["b"]))
+    assert torch.equal(rebuilt["b"][1], inside[1:])
 
 
 def test_small_tensors_travel_by_value_and_come_back_equal() -> None:
@@ -170,7 +165,7 @@ def test_small_tensors_travel_by_value_and_come_back_equal() -> None:
     assert isinstance(writer.place(big), SlotTensor)
     in_slot = writer.empty_strided((2,), (1,), torch.int64)  # tiny but already in the slot: stays a view there
     assert isinstance(writer.place(in_slot), SlotTensor)
-    back = pickle.loads(pickle.dumps(SlotBatch(pool.key, 0, placed)))
+    back = pickle.loads(pickle.dumps(SlotBatch(pool.key, 0, writer.pack(small))))
     for k, t in small.items():
         got = back[k]
         assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), k
@@ -179,17 +174,9 @@ def test_small_tensors_travel_by_value_and_come_back_equal() -> None:
     assert small["ids"][0] == 0
 
 
-def test_map_leaves_walks_dataclasses_and_containers() -> None:
-    pair = namedtuple("pair", "x y")
-    obj = {"a": [1, (2, pair(3, "s"))], "b": clip(0)}
-    out = map_leaves(obj, int, lambda v: v * 10)
-    assert out["a"] == [10, (20, pair(30, "s"))] and out["b"].frame_indices == [0, 10]
-    assert obj["b"].frame_indices == [0, 1]  # the input is not modified
-
-
 def test_a_slot_batch_received_by_another_process_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="slot 3 of handover pool nokey.*does not hold that pool"):
-        pickle.loads(pickle.dumps(SlotBatch("nokey", 3, [])))
+        pickle.loads(pickle.dumps(SlotBatch("nokey", 3, pickle.dumps([]))))
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -18,21 +18,24 @@ what is left of the slot: the hand-over never waits and never overwrites a tenso
 busy by batches that were never received (an iterator dropped mid-epoch) stay busy, so those workers fall back for
 good rather than risk it.
 
-Limits: the collate's result must hold its tensors in dataclasses, lists, tuples and dicts (as `Batch` does), and one
-`SlotHandover` serves one DataLoader: a worker slot already claimed by another live process is not used.
+The layout is the batch pickled with each tensor replaced by where it lies in the slot; a tensor of at most 1 kB
+outside the slot travels by value instead (its copy and view would cost more). The collate's result can be anything
+picklable. Limit: one `SlotHandover` serves one DataLoader: a worker slot already claimed by another live process is
+not used.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
+import io
 import multiprocessing.context
 import os
+import pickle
 import threading
 import uuid
 import warnings
 import weakref
 from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -45,6 +48,7 @@ _ALIGN = 64  # bytes; keeps every tensor aligned for any dtype
 _INLINE_BYTES = 1024  # tensors up to this size travel by value in the layout (InlineTensor)
 _POOLS: weakref.WeakValueDictionary[str, SlotPool] = weakref.WeakValueDictionary()
 _ACTIVE = threading.local()  # the slot a worker's collate call is filling
+_RECEIVING = threading.local()  # the lease of the batch being unpickled
 
 
 class SlotPool:
@@ -206,6 +210,13 @@ class SlotWriter:
         return SlotTensor(dest.storage_offset() * item - self._start, tuple(t.shape), stride, t.dtype)
 
 
+    def pack(self, obj: Any) -> bytes:
+        """`obj` pickled with each of its tensors placed (`place`): in the slot, by value, or torch's usual way."""
+        buffer = io.BytesIO()
+        _LayoutPickler(buffer, self).dump(obj)
+        return buffer.getvalue()
+
+
 class InlineTensor(NamedTuple):
     """A small tensor carried by value in a batch's layout: its elements in row-major order."""
 
@@ -243,71 +254,60 @@ def current_slot_writer() -> SlotWriter | None:
     return getattr(_ACTIVE, "writer", None)
 
 
-def map_leaves(obj: Any, kind: type | tuple[type, ...], fn: Callable[[Any], Any]) -> Any:
-    """`obj` with every `kind` inside dataclasses, lists, tuples and dicts replaced by `fn(leaf)`; containers
-    are copied (dataclasses shallowly, fields set directly so no validation reruns), other objects kept."""
-    if isinstance(obj, kind):
-        return fn(obj)
-    if isinstance(obj, _ATOMS):
-        return obj
-    if isinstance(obj, list):
-        return [map_leaves(v, kind, fn) for v in obj]
-    if isinstance(obj, tuple):
-        items = [map_leaves(v, kind, fn) for v in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
-    if isinstance(obj, dict):
-        return {k: map_leaves(v, kind, fn) for k, v in obj.items()}
-    names = _dataclass_fields(type(obj))
-    if not names:
-        return obj
-    if hasattr(obj, "__dict__"):  # a shallow copy without copy.copy's reduce protocol
-        out = object.__new__(type(obj))
-        out.__dict__.update(obj.__dict__)
-    else:
-        out = copy.copy(obj)
-    for name in names:
-        object.__setattr__(out, name, map_leaves(getattr(obj, name), kind, fn))
-    return out
+class _LayoutPickler(ForkingPickler):
+    """Pickles a batch with each tensor replaced by its place in the slot or by its bytes (`SlotWriter.place`);
+    tensors that fit nowhere go torch's usual way (the DataLoader's pickler reductions: shared memory)."""
+
+    def __init__(self, file: io.BytesIO, writer: SlotWriter) -> None:
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.writer = writer
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            placed = self.writer.place(obj)
+            if type(placed) is SlotTensor:
+                return _slot_view, tuple(placed)
+            if type(placed) is InlineTensor:
+                return _inline_tensor, tuple(placed)
+        return NotImplemented
 
 
-_ATOMS = (str, int, float, complex, bytes, type(None), torch.dtype)
-_FIELDS: dict[type, tuple[str, ...]] = {}
+def _slot_view(offset: int, size: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    lease = getattr(_RECEIVING, "lease", None)
+    if lease is None:
+        raise RuntimeError("a tensor of a hand-over slot can only be rebuilt by receive_slot_batch")
+    return torch.empty(0, dtype=dtype).set_(lease, offset // dtype.itemsize, size, stride)
 
 
-def _dataclass_fields(cls: type) -> tuple[str, ...]:
-    """The field names of dataclass `cls` (empty for other types), cached per class."""
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ()
-    return names
+def _inline_tensor(data: bytes, size: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return InlineTensor(data, size, dtype).tensor()
 
 
 class SlotBatch:
-    """What a worker sends for a batch in a slot: the pool's key, the slot, and the batch with `SlotTensor`
-    in place of its tensors. Unpickling it in the receiving process gives the batch back."""
+    """What a worker sends for a batch in a slot: the pool's key, the slot, and the batch pickled with each tensor
+    replaced by its place in the slot (`SlotWriter.pack`). Unpickling it in the receiving process gives the batch
+    back."""
 
-    def __init__(self, key: str, slot: int, skeleton: Any) -> None:
-        self.key, self.slot, self.skeleton = key, slot, skeleton
+    def __init__(self, key: str, slot: int, layout: bytes) -> None:
+        self.key, self.slot, self.layout = key, slot, layout
 
     def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        return receive_slot_batch, (self.key, self.slot, self.skeleton)
+        return receive_slot_batch, (self.key, self.slot, self.layout)
 
 
-def receive_slot_batch(key: str, slot: int, skeleton: Any) -> Any:
+def receive_slot_batch(key: str, slot: int, layout: bytes) -> Any:
     """Rebuild a batch from its slot, as views of a lease that frees the slot once they are all freed."""
     pool = _POOLS.get(key)
     if pool is None:
         raise RuntimeError(f"a batch in shared-memory slot {slot} of handover pool {key} reached process "
                            f"{os.getpid()}, which does not hold that pool: a SlotHandover batch can only be "
                            "received by the process that built its DataLoader")
-    lease = pool.lease(slot)
-
-    def rebuild(p: SlotTensor | InlineTensor) -> torch.Tensor:
-        if isinstance(p, InlineTensor):
-            return p.tensor()
-        return torch.empty(0, dtype=p.dtype).set_(lease, p.offset // p.dtype.itemsize, p.size, p.stride)
-
-    return map_leaves(skeleton, (SlotTensor, InlineTensor), rebuild)
+    outer = getattr(_RECEIVING, "lease", None)
+    _RECEIVING.lease = pool.lease(slot)
+    try:
+        return pickle.loads(layout)
+    finally:
+        _RECEIVING.lease = outer
 
 
 class SlotHandover:
@@ -340,11 +340,11 @@ class SlotHandover:
         _ACTIVE.writer = writer
         try:
             batch = self.collate_fn(samples)
-            skeleton = map_leaves(batch, torch.Tensor, writer.place)
+            layout = writer.pack(batch)
         except BaseException:
             self.pool.release(slot)
             raise
         finally:
             _ACTIVE.writer = None
         self.pool.count(info.id, through_slot=True)
-        return SlotBatch(self.pool.key, slot, skeleton)
+        return SlotBatch(self.pool.key, slot, layout)
