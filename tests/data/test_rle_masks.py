@@ -80,6 +80,29 @@ def test_window_tests_equal_the_decoded_pixels() -> None:
         assert rle.has_pixels_in(pick, window).tolist() == want
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_boxes_from_runs_equal_the_decoded_pixels_and_toBbox(seed: int) -> None:
+    dense = masks_zoo(seed)
+    g = np.random.default_rng(seed)
+    column_major = np.zeros(W * H, bool)  # one run from inside column 2 to inside column 3
+    column_major[int(g.integers(1, H // 2)) + 2 * H: 3 * H + 5] = True
+    dense[0, 0] = column_major.reshape(W, H).T
+    assert dense[0, 0, 0].any() and dense[0, 0, -1].any() and not dense[0, 0, :, 4:].any()
+    absent = {(1, 1)}
+    dense[1, 1] = False
+    rles = encode(dense, absent)
+    boxes = RLEClipMasks(rles, 3, H, W).boxes()
+    assert boxes.shape == (3, 3, 4) and boxes.dtype == np.int64
+    for n in range(3):
+        for t in range(3):
+            ys, xs = np.nonzero(dense[n, t])
+            want = [ys.min(), ys.max() + 1, xs.min(), xs.max() + 1] if ys.size else [0, 0, 0, 0]
+            assert boxes[n, t].tolist() == want, (n, t)
+            if rles[n][t] is not None:  # as pycocotools' toBbox gives them (x, y, w, h)
+                x, y, w, h = mask_utils.toBbox(rles[n][t]).round().astype(int)
+                assert boxes[n, t].tolist() == [y, y + h, x, x + w]
+
+
 @pytest.mark.parametrize("reference", [None, 0])
 def test_transform_gives_the_same_clip_from_runs_and_from_decoded_masks(reference: int | None) -> None:
     dense = masks_zoo(3)

@@ -159,7 +159,10 @@ class ClipDataset(Dataset):
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch.item())
+        view = self.__dict__.get("_epoch_view")
+        if view is None:  # numpy reads the shared value at a fraction of a torch call's cost (once per item)
+            view = self._epoch_view = self._epoch.numpy()
+        return int(view[0])
 
     def rng_for(self, index: int) -> np.random.Generator:
         """The generator of item `index` in the current epoch."""
@@ -172,6 +175,7 @@ class ClipDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_readers"] = OrderedDict()  # open decoders never travel to another process
+        state.pop("_epoch_view", None)  # a view of the shared epoch would travel as a copy
         return state
 
     def _reader(self, video_index: int, video: VideoRecord) -> Any:
@@ -258,7 +262,8 @@ class ClipDataset(Dataset):
                                     for a, lab in zip(anns, labels, strict=True)])
             masks = torch.from_numpy(self._stack_masks(video, frame_indices, labels, ids))  # checks mask sizes
             semantic = self._semantic(video, frame_indices, labels) if self.with_semantic else None
-        boxes = rle_boxes(anns, ids)  # saves the transform a pass over the masks
+        # saves the transform a pass over the masks
+        boxes = masks.boxes() if isinstance(masks, RLEClipMasks) else rle_boxes(anns, ids)
 
         reference = 0 if self.task in _PROMPT_TASKS else None
         out = self.transform(

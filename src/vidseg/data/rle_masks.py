@@ -56,6 +56,30 @@ def _resize_rects(runs, offsets, masks, height, row_start, col_lo, col_hi, rects
 
 
 @numba.njit(cache=True, nogil=True)
+def _boxes(runs, offsets, height, out):  # pragma: no cover - compiled
+    """out[m] = (top, bottom, left, right), ends exclusive, of flat mask m's foreground (left untouched when empty).
+    Runs are column-major and ascending, so the first foreground run holds the leftmost column, the last the
+    rightmost; a run over two or more columns covers the last rows of one column and the first of the next."""
+    for m in range(len(offsets) - 1):
+        pos, top, bottom, left, right = 0, height, 0, -1, 0
+        for k in range(offsets[m], offsets[m + 1]):
+            length = runs[k]
+            if (k - offsets[m]) % 2 == 1 and length > 0:
+                a, b = pos, pos + length
+                x0, x1 = a // height, (b - 1) // height
+                if left < 0:
+                    left = x0
+                right = x1 + 1
+                if x0 == x1:
+                    top, bottom = min(top, a - x0 * height), max(bottom, b - x0 * height)
+                else:
+                    top, bottom = 0, height
+            pos += length
+        if left >= 0:
+            out[m, 0], out[m, 1], out[m, 2], out[m, 3] = top, bottom, left, right
+
+
+@numba.njit(cache=True, nogil=True)
 def _any_in(runs, offsets, masks, height, top, bottom, left, right, out):  # pragma: no cover
     """out[q]: whether mask masks[q] has a pixel in rows [top, bottom) x columns [left, right)."""
     for q in range(len(masks)):
@@ -113,6 +137,14 @@ class RLEClipMasks:
         self._runs = decoded.runs
         self._offsets = np.zeros(n * t + 1, np.int64)
         np.cumsum(counts, out=self._offsets[1:])
+
+    def boxes(self) -> np.ndarray:
+        """Exact bounding boxes int64 [N, T, 4] (top, bottom, left, right; ends exclusive; zeros when absent or
+        empty), from the decoded runs (pycocotools' toBbox would parse every string again)."""
+        n, t = self.shape[:2]
+        out = np.zeros((n * t, 4), np.int64)
+        _boxes(self._runs, self._offsets, self.height, out)
+        return out.reshape(n, t, 4)
 
     def has_pixels_in(self, masks: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
         """bool [len(masks)]: whether each flat mask index n * T + t has a pixel in (top, bottom, left, right)."""
