@@ -173,6 +173,32 @@ def test_image_folder_exact(frame_folder):
     np.testing.assert_array_equal(out[0], np.repeat(frames[1][..., :1], 3, axis=2))
 
 
+@pytest.mark.parametrize(("mode", "save"), [
+    ("RGB", {"quality": 90}),  # 4:2:0, as datasets ship them
+    ("RGB", {"quality": 95, "subsampling": 0}),  # 4:4:4
+    ("RGB", {"quality": 75, "progressive": True}),
+    ("L", {"quality": 90}),
+    ("CMYK", {"quality": 90}),
+])
+def test_jpeg_frames_decode_to_the_same_pixels_as_pil(tmp_path, mode, save):
+    frames = pattern_frames(3, 37, 53)  # odd sizes: chroma subsampling at the edges
+    paths = []
+    for i, f in enumerate(frames):
+        image = Image.fromarray(f) if mode == "RGB" else Image.fromarray(f).convert(mode)
+        paths.append(tmp_path / f"{i:05d}.jpg")
+        image.save(paths[-1], **save)
+    got = open_frames(tmp_path).read([2, 0, 1])
+    want = np.stack([np.asarray(Image.open(paths[i]).convert("RGB")) for i in (2, 0, 1)])
+    assert got.dtype == np.uint8 and got.shape == (3, 37, 53, 3) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_png_named_jpg_is_still_read(frame_folder):
+    folder, frames = frame_folder
+    (folder / "00002.png").rename(folder / "00002.jpg")  # PNG bytes: the JPEG decoder refuses, PIL reads them
+    np.testing.assert_array_equal(open_frames(folder).read([2])[0], frames[2])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # bad input
 # ----------------------------------------------------------------------------------------------------------
@@ -262,6 +288,12 @@ def test_corrupt_and_missing_jpeg_frames(frame_folder):
     (folder / "00003.png").unlink()  # listed when the reader was made, gone now
     with pytest.raises(MissingFileError, match=r"00003\.png \(frame 3\)"):
         reader.read([3])
+    (folder / "00002.jpg").write_bytes(b"")  # zero bytes
+    with pytest.raises(CorruptMediaError, match=r"00002\.jpg \(frame 2\): cannot decode"):
+        open_frames(folder).read([2])
+    (folder / "00002.jpg").unlink()  # listed when the reader was made, gone now (JPEG path)
+    with pytest.raises(MissingFileError, match=r"00002\.jpg \(frame 2\)"):
+        reader.read([2])
 
 
 def test_frames_of_different_sizes(frame_folder):
