@@ -1,10 +1,12 @@
 """Where a DataLoader worker's CPU time goes, clip by clip (`bench_data.py --worker-split`).
 
 Each worker adds the CPU time of its own thread spent reading frames (the dataset's reader), in the rest of each
-item, and in the collate call (the hand-over included) to a shared-memory table, with its thread's and its process's
-CPU time so far. What the thread spent outside items and collate is the DataLoader's loop (index queue, result
-queue); what the process spent outside the thread is its other threads (the result queue's feeder, which pickles
-and sends each batch). It adds two clock reads and a few tensor updates, some microseconds, per call.
+item, stacking the frames and pad masks into the batch (`collate.stack_for_handover`: in a worker, the copy into
+the hand-over slot) and in the rest of the collate call (the hand-over's layout included) to a shared-memory
+table, with its thread's and its process's CPU time so far. What the thread spent outside items and collate is
+the DataLoader's loop (index queue, result queue); what the process spent outside the thread is its other threads
+(the result queue's feeder, which sends each batch). It adds two clock reads and a few tensor updates, some
+microseconds, per call.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from typing import Any
 import torch
 from torch.utils.data import get_worker_info
 
+from vidseg.data import collate
 from vidseg.data.clip_dataset import ClipDataset
 
-FIELDS = ("read", "item_other", "collate_handover", "loop", "other_threads")
-_READ, _ITEM, _COLLATE, _THREAD, _PROCESS, _CLIPS = range(6)
+FIELDS = ("read", "item_other", "stacking", "collate_handover_other", "loop", "other_threads")
+_READ, _ITEM, _COLLATE, _THREAD, _PROCESS, _CLIPS, _STACK = range(7)
 
 
 class WorkerSplit:
-    """A worker_init_fn and collate wrapper that fill `table` (float64 [workers, 6], shared memory)."""
+    """A worker_init_fn and collate wrapper that fill `table` (float64 [workers, 7], shared memory)."""
 
     def __init__(self, workers: int, init_fn: Callable[[int], None] | None = None) -> None:
-        self.table = torch.zeros(workers, 6, dtype=torch.float64).share_memory_()
+        self.table = torch.zeros(workers, 7, dtype=torch.float64).share_memory_()
         self.init_fn = init_fn
         self._start = (0.0, 0.0)
 
@@ -52,8 +55,18 @@ class WorkerSplit:
             reader = plain_reader(*args)
             return _TimedReader(reader, row)
 
-        items.__getitem__ = timed_item  # this worker's copy of the class (forked)
+        plain_stack = collate.stack_for_handover
+
+        def timed_stack(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return plain_stack(*args, **kwargs)
+            finally:
+                row[_STACK] += time.thread_time() - start
+
+        items.__getitem__ = timed_item  # this worker's copy of the class and module (forked)
         dataset._reader = timed_reader
+        collate.stack_for_handover = timed_stack
         self._start = (time.thread_time(), time.process_time())
 
     def collate(self, collate_fn: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
@@ -77,7 +90,7 @@ class WorkerSplit:
         """The split of all workers' CPU time, ms per clip (after their start-up)."""
         t = self.table.sum(0).tolist()
         clips = max(t[_CLIPS], 1.0)
-        parts = (t[_READ], t[_ITEM] - t[_READ], t[_COLLATE], t[_THREAD] - t[_ITEM] - t[_COLLATE],
+        parts = (t[_READ], t[_ITEM] - t[_READ], t[_STACK], t[_COLLATE] - t[_STACK], t[_THREAD] - t[_ITEM] - t[_COLLATE],
                  t[_PROCESS] - t[_THREAD])
         return {name: 1000.0 * v / clips for name, v in zip(FIELDS, parts, strict=True)}
 

@@ -235,8 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="workers flip, resize and pad the crops (training leaves that to the device: "
                         "data.resize_on_device)")
     p.add_argument("--worker-split", action="store_true",
-                   help="also report where the workers' CPU time goes per clip: reading frames, the rest of the item, "
-                        "collate and hand-over, the DataLoader loop, other threads (scripts/_worker_split.py)")
+                   help="also report where the workers' CPU time goes per clip: reading frames, the rest of the "
+                        "item, stacking the frames into the batch, the rest of collate and hand-over, the DataLoader "
+                        "loop, other threads (scripts/_worker_split.py)")
     p.add_argument("--profile", type=int, default=0, help="print the top-N functions of ClipDataset items")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)

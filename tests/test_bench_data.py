@@ -47,8 +47,9 @@ def test_worker_split_adds_up_to_the_workers_cpu_time(tmp_path: Path) -> None:
                               "--frames", "8", "--clips", "12", "--repeats", "1", "--workers", "2",
                               "--worker-split"])
     split = result["worker_split_ms_per_clip"]
-    assert list(split) == ["read", "item_other", "collate_handover", "loop", "other_threads"]
-    assert split["read"] > 0 and split["item_other"] > 0 and split["collate_handover"] > 0
+    assert list(split) == ["read", "item_other", "stacking", "collate_handover_other", "loop", "other_threads"]
+    assert split["read"] > 0 and split["item_other"] > 0 and split["stacking"] > 0
+    assert split["collate_handover_other"] > 0
     assert min(split.values()) >= 0
     # the parts are the workers' CPU after start-up; their rusage also holds the start-up and the first clips
     assert sum(split.values()) <= result["cpu_ms_per_clip"]["loader_w2_workers"] * 1.05
