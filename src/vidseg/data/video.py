@@ -61,7 +61,7 @@ def is_image_file(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Frame folders (PIL)
+# Frame folders (JPEG: torchvision; other images: PIL)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -101,7 +101,8 @@ def _decode_jpeg_rgb(path: Path) -> np.ndarray:
 
 
 class ImageFolderReader:
-    """Frames stored as one image file per frame (JPEG/PNG), decoded with PIL."""
+    """Frames stored as one image file per frame (JPEG/PNG), decoded by `read_image_rgb` (JPEG: torchvision,
+    others: PIL)."""
 
     def __init__(self, paths: Sequence[Path], where: Path | str = "frame list") -> None:
         self.paths = [Path(p) for p in paths]
