@@ -1,7 +1,8 @@
 """Training-clip throughput of ClipDataset + DataLoader against pure frame decoding, in the same run.
 
 Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG frames, then measures
-- pure decode: the same frames of the same clips decoded by the same reader (`vidseg.data.video`, PIL, full
+- pure decode: the same frames of the same clips decoded by the same reader (`vidseg.data.video`: JPEGs through
+  torchvision's decoder since session 15, PIL before, so ratios are not comparable across that change; full
   size), no annotations, no transforms — the reference a data pipeline cannot beat per process;
 - ClipDataset items in this process (sampling, decode, RLE decode, targets, crop draw; with the device resize,
   the default since session 14, no frame resize, padding or mask painting: those happen in `Batch.to`, and the

@@ -209,7 +209,6 @@ class SlotWriter:
         dest.copy_(t)
         return SlotTensor(dest.storage_offset() * item - self._start, tuple(t.shape), stride, t.dtype)
 
-
     def pack(self, obj: Any) -> bytes:
         """`obj` pickled with each of its tensors placed (`place`): in the slot, by value, or torch's usual way."""
         buffer = io.BytesIO()
