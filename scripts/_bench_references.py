@@ -44,12 +44,18 @@ def rate_pure_decode_concurrent(ds: ClipDataset, n: int, processes: int) -> tupl
     got = [results.get() for _ in procs]
     for proc in procs:
         proc.join()
+    failed = [r for r in got if isinstance(r, str)]
+    if failed:
+        raise RuntimeError(f"pure decode in {processes} processes at once failed: {failed[0]}")
     return statistics.mean(r[0] for r in got), statistics.mean(r[1] for r in got)
 
 
 def _decode_after(ds: ClipDataset, n: int, start: Any, results: Any) -> None:
-    start.wait()
-    results.put(rate_pure_decode(ds, n)[:2])
+    try:
+        start.wait()
+        results.put(rate_pure_decode(ds, n)[:2])
+    except BaseException as e:  # the parent waits for one result per process: never leave it waiting
+        results.put(f"{type(e).__name__}: {e}")
 
 
 def minor_faults(who: int) -> int:

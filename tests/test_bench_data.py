@@ -53,3 +53,13 @@ def test_worker_split_adds_up_to_the_workers_cpu_time(tmp_path: Path) -> None:
     assert min(split.values()) >= 0
     # the parts are the workers' CPU after start-up; their rusage also holds the start-up and the first clips
     assert sum(split.values()) <= result["cpu_ms_per_clip"]["loader_w2_workers"] * 1.05
+
+
+def test_a_failing_concurrent_decoder_is_an_error_not_a_hang() -> None:
+    import _bench_references
+
+    class NoVideos:
+        dataset = None  # rate_pure_decode reads ds.dataset.videos
+
+    with pytest.raises(RuntimeError, match=r"2 processes at once failed: AttributeError"):
+        _bench_references.rate_pure_decode_concurrent(NoVideos(), 3, 2)
