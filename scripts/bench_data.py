@@ -2,8 +2,9 @@
 
 Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG frames, then measures
 - pure decode: the same frames of the same clips decoded by the same reader (`vidseg.data.video`: JPEGs through
-  torchvision's decoder since session 15, PIL before, so ratios are not comparable across that change; full
-  size), no annotations, no transforms — the reference a data pipeline cannot beat per process;
+  simplejpeg straight into the clip's array since session 16, torchvision's decoder in session 15, PIL before, so
+  ratios are not comparable across those changes; full size), no annotations, no transforms — the reference a data
+  pipeline cannot beat per process;
 - ClipDataset items in this process (sampling, decode, RLE decode, targets, crop draw; with the device resize,
   the default since session 14, no frame resize, padding or mask painting: those happen in `Batch.to`, and the
   crop copy in the collate, so items' figures are not comparable with earlier sessions');

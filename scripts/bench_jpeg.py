@@ -1,6 +1,7 @@
-"""JPEG frame decoding: vidseg's frame reader (`vidseg.data.video.read_image_rgb`, torchvision's libjpeg-turbo
-decoder) against PIL as the reader used it before session 15 (`np.asarray(im.convert("RGB"))`) and PIL without the
-`convert` copy, on the same files, with the same pixels checked.
+"""JPEG frame decoding: vidseg's frame reader (`vidseg.data.video.read_image_rgb`, simplejpeg since session 16),
+into a fresh array and into a clip's array as `ImageFolderReader` uses it, against PIL as the reader used it before
+session 15 (`np.asarray(im.convert("RGB"))`), PIL without the `convert` copy and torchvision's `decode_jpeg` (the
+reader of session 15), on the same files, with the same pixels checked.
 
 Writes (once, cached) `--frames` synthetic 854x480 JPEG frames (vidseg's generator, PIL quality 90), then decodes
 all of them with each reader in `--repeats` interleaved rounds and prints CPU ms per frame (median over rounds) and
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from vidseg.data.synthetic import ensure_synthetic
 from vidseg.data.video import read_image_rgb
@@ -43,8 +45,30 @@ def pil_no_copy(path: Path) -> np.ndarray:
         return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
 
 
+def torchvision_decode(path: Path) -> np.ndarray:
+    """The frame reader of session 15 (torchvision's libjpeg-turbo decoder)."""
+    data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+    return decode_jpeg(data, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+
+
+class IntoClip:
+    """`read_image_rgb` decoding each frame into a 3-frame clip array in turn, as `ImageFolderReader.read` does
+    (one clip array per 3 frames: the array's allocation is paid as in the reader)."""
+
+    def __init__(self, frame_shape: tuple[int, ...]) -> None:
+        self.frame_shape = frame_shape
+        self.clip, self.k = np.empty((3, *frame_shape), np.uint8), 0
+
+    def __call__(self, path: Path) -> np.ndarray:
+        if self.k == len(self.clip):
+            self.clip, self.k = np.empty((3, *self.frame_shape), np.uint8), 0
+        self.k += 1
+        return read_image_rgb(path, out=self.clip[self.k - 1])
+
+
 READERS: dict[str, Callable[[Path], np.ndarray]] = {
-    "pil_convert": pil_convert, "pil_no_copy": pil_no_copy, "vidseg_reader": read_image_rgb,
+    "pil_convert": pil_convert, "pil_no_copy": pil_no_copy, "torchvision": torchvision_decode,
+    "vidseg_reader": read_image_rgb,
 }
 
 
@@ -67,14 +91,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not paths:
         raise SystemExit(f"no JPEG frames under {root / 'train' / 'JPEGImages'}")
     reference = [pil_convert(path) for path in paths]
-    for name, read in READERS.items():  # the same pixels, or the comparison means nothing
+    readers = {**READERS, "vidseg_reader_into_clip": IntoClip(reference[0].shape)}
+    for name, read in readers.items():  # the same pixels, or the comparison means nothing
         for path, want in zip(paths, reference, strict=True):
             got = read(path)
             if got.shape != want.shape or not np.array_equal(got, want):
                 raise SystemExit(f"{name} decodes {path} differently from PIL")
-    rounds: dict[str, list[float]] = {name: [] for name in READERS}
+    rounds: dict[str, list[float]] = {name: [] for name in readers}
     for _ in range(args.repeats):
-        for name, read in READERS.items():
+        for name, read in readers.items():
             start = time.process_time()
             for path in paths:
                 read(path)

@@ -14,10 +14,12 @@ from PIL import Image
 from vidseg.data.records import ClipSamplingError, CorruptMediaError, FrameSource, MissingFileError
 from vidseg.data.video import (
     DecordReader,
+    FrameSizeError,
     ImageFolderReader,
     PyAVReader,
     open_frames,
     probe_video,
+    read_image_rgb,
     source_from_path,
 )
 
@@ -199,6 +201,48 @@ def test_a_png_named_jpg_is_still_read(frame_folder):
     np.testing.assert_array_equal(open_frames(folder).read([2])[0], frames[2])
 
 
+def test_jpegs_decode_straight_into_the_given_array(tmp_path):
+    frames = pattern_frames(2, 37, 53)
+    Image.fromarray(frames[0]).save(tmp_path / "a.jpg", quality=90)
+    Image.fromarray(frames[1]).save(tmp_path / "b.png")
+    clip = np.zeros((2, 37, 53, 3), np.uint8)
+    got = read_image_rgb(tmp_path / "a.jpg", out=clip[1])
+    assert np.shares_memory(got, clip) and got.shape == (37, 53, 3)
+    np.testing.assert_array_equal(clip[1], np.asarray(Image.open(tmp_path / "a.jpg").convert("RGB")))
+    assert not clip[0].any()
+    got = read_image_rgb(tmp_path / "b.png", out=clip[0])  # other images are copied in
+    assert np.shares_memory(got, clip)
+    np.testing.assert_array_equal(clip[0], frames[1])
+    for name in ("a.jpg", "b.png"):
+        with pytest.raises(FrameSizeError, match=rf"{name}: size 37x53, expected 36x53") as e:
+            read_image_rgb(tmp_path / name, out=np.zeros((36, 53, 3), np.uint8))
+        assert e.value.size == (37, 53)
+
+
+@pytest.mark.parametrize("first", ["jpg", "png"])
+def test_a_clip_of_mixed_and_repeated_frames(tmp_path, first):
+    frames = pattern_frames(3, 37, 53)
+    kinds = [first, "png" if first == "jpg" else "jpg", first]
+    paths = []
+    for i, (f, kind) in enumerate(zip(frames, kinds, strict=True)):
+        paths.append(tmp_path / f"{i:05d}.{kind}")
+        Image.fromarray(f).save(paths[-1], **({"quality": 90} if kind == "jpg" else {}))
+    got = open_frames(tmp_path).read([0, 1, 0, 2, 1])
+    want = np.stack([np.asarray(Image.open(paths[i]).convert("RGB")) for i in (0, 1, 0, 2, 1)])
+    assert got.shape == (5, 37, 53, 3) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+
+
+def test_jpegs_keep_pils_decompression_bomb_rule(tmp_path, monkeypatch):
+    Image.fromarray(pattern_frames(1, 37, 53)[0]).save(tmp_path / "00000.jpg", quality=90)  # 1961 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warned above 1000, refused above 2000
+    with pytest.warns(Image.DecompressionBombWarning, match=r"00000\.jpg.*1961 pixels"):
+        assert open_frames(tmp_path).read([0]).shape == (1, 37, 53, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)
+    with pytest.raises(CorruptMediaError, match=r"00000\.jpg \(frame 0\): cannot decode.*decompression bomb"):
+        open_frames(tmp_path).read([0])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # bad input
 # ----------------------------------------------------------------------------------------------------------
@@ -296,10 +340,14 @@ def test_corrupt_and_missing_jpeg_frames(frame_folder):
         reader.read([2])
 
 
-def test_frames_of_different_sizes(frame_folder):
-    folder, _ = frame_folder
-    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(folder / "00004.png")
-    with pytest.raises(CorruptMediaError, match=r"00004\.png \(frame 4\).*differs"):
+@pytest.mark.parametrize("kind", ["png", "jpg"])
+def test_frames_of_different_sizes(frame_folder, kind):
+    folder, frames = frame_folder
+    for i, f in ((0, frames[0]), (4, np.zeros((10, 12, 3), np.uint8))):
+        (folder / f"{i:05d}.png").unlink()
+        Image.fromarray(f).save(folder / f"{i:05d}.{kind}")
+    with pytest.raises(CorruptMediaError, match=rf"00004\.{kind} \(frame 4\): size 10x12 differs from "
+                                                rf".*00000\.{kind} \(frame 0\): 24x32"):
         open_frames(folder).read([0, 4])
 
 

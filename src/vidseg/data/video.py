@@ -1,4 +1,4 @@
-"""Frame access for every dataset: frame folders (JPEG through torchvision, PNG through PIL) and video files
+"""Frame access for every dataset: frame folders (JPEG through simplejpeg, PNG through PIL) and video files
 (PyAV or decord).
 
 `open_frames(source)` returns a `FrameReader`; `reader.read(indices)` decodes only the requested frames and
@@ -11,14 +11,14 @@ Video files are probed and decoded by `video_files` (re-exported here: `probe_vi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import torch
+import simplejpeg
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from vidseg.data.records import CorruptMediaError, FrameSource, MissingFileError
 from vidseg.data.video_files import (
@@ -35,7 +35,7 @@ from vidseg.data.video_files import (
 __all__ = [
     "BACKENDS", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "DecordReader", "FrameReader", "ImageFolderReader",
     "PyAVReader", "VideoInfo", "is_image_file", "is_video_file", "open_frames", "probe_video",
-    "read_image_rgb", "source_from_path",
+    "FrameSizeError", "read_image_rgb", "source_from_path",
 ]  # fmt: skip
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -61,28 +61,41 @@ def is_image_file(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Frame folders (JPEG: torchvision; other images: PIL)
+# Frame folders (JPEG: simplejpeg; other images: PIL)
 # ----------------------------------------------------------------------------------------------------------
 
 
-def read_image_rgb(path: Path, frame: int | None = None) -> np.ndarray:
+def read_image_rgb(path: Path, frame: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one image file to uint8 [H, W, 3]; missing or undecodable files raise errors naming it.
 
-    JPEGs go through torchvision's libjpeg-turbo decoder, which writes the pixels once, straight into the array
-    (PIL packs its 4-byte pixels into bytes in chunks and joins them): 1.17x faster per 480p frame here
-    (`scripts/bench_jpeg.py`), with the same pixels (there and in tests/data/test_video.py). A file the JPEG
-    decoder rejects (e.g. a PNG named .jpg) goes to PIL, whose error is the one reported."""
+    JPEGs go through simplejpeg (libjpeg-turbo), which writes the pixels once, straight into the array: into `out`
+    (a C-contiguous uint8 [H, W, 3], e.g. one frame of a clip) when given, so a clip's frames are never stacked by
+    a copy. Per 480p frame it is faster than PIL and than torchvision's decoder (`scripts/bench_jpeg.py`), with the
+    same pixels (there and in tests/data/test_video.py). CMYK/YCCK JPEGs, and files the JPEG decoder rejects (e.g. a
+    PNG named .jpg), go to PIL, whose error is the one reported; other images are copied into `out`. An image of
+    another size than `out` is an error. Images above PIL's `Image.MAX_IMAGE_PIXELS` warn and above twice that are
+    refused, on every path (PIL's decompression-bomb rule)."""
+    return _read_image(Path(path), frame, out, None)
+
+
+def _read_image(path: Path, frame: int | None, out: np.ndarray | None, data: np.ndarray | None) -> np.ndarray:
     where = f"{path}" if frame is None else f"{path} (frame {frame})"
     try:
-        if Path(path).suffix.lower() in _JPEG_SUFFIXES:
-            try:
-                return _decode_jpeg_rgb(path)
-            except RuntimeError:
-                pass  # not decodable as a JPEG: let PIL try, and name its error
-        with Image.open(path) as im:
-            im.load()
-            # (converting an image that is RGB already would copy it)
-            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+        pixels = None
+        if path.suffix.lower() in _JPEG_SUFFIXES:
+            pixels = _decode_jpeg_rgb(np.fromfile(path, dtype=np.uint8) if data is None else data, out, where)
+        if pixels is None:  # not a JPEG that simplejpeg decodes as PIL would: PIL reads it, and names its error
+            with Image.open(path) as im:
+                im.load()
+                # (converting an image that is RGB already would copy it)
+                pixels = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+            if out is not None:
+                _check_size(pixels.shape[:2], out, where)
+                out[...] = pixels
+                pixels = out
+        return pixels
+    except FrameSizeError:
+        raise
     except FileNotFoundError as e:
         raise MissingFileError(f"{where}: frame image does not exist") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -90,19 +103,61 @@ def read_image_rgb(path: Path, frame: int | None = None) -> np.ndarray:
 
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
+_PIL_COLOURSPACES = ("CMYK", "YCCK")  # libjpeg-turbo's CMYK -> RGB is not PIL's (nor torchvision's)
 
 
-def _decode_jpeg_rgb(path: Path) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise RuntimeError("empty file")
-    # decode_jpeg fills an [H, W, 3] buffer and returns it viewed as [3, H, W]
-    return decode_jpeg(torch.from_numpy(data), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+class FrameSizeError(CorruptMediaError):
+    """An image's size (`size`: height, width) is not the size of the array it is decoded into."""
+
+    def __init__(self, message: str, size: tuple[int, int]) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+def _jpeg_header(data: np.ndarray) -> tuple[int, int] | None:
+    """(height, width) of a JPEG that simplejpeg decodes as PIL would; None for anything else."""
+    try:
+        height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return None if colourspace in _PIL_COLOURSPACES else (height, width)
+
+
+def _decode_jpeg_rgb(data: np.ndarray, out: np.ndarray | None, where: str) -> np.ndarray | None:
+    """The pixels (in `out` when given), or None when PIL should read the file instead."""
+    size = _jpeg_header(data)
+    if size is None:
+        return None
+    _check_pixel_count(*size, where)
+    if out is not None:
+        _check_size(size, out, where)
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+    except ValueError:
+        return None  # e.g. truncated: PIL names the error
+
+
+def _check_size(size: tuple[int, int], out: np.ndarray, where: str) -> None:
+    if tuple(size) != out.shape[:2]:
+        raise FrameSizeError(f"{where}: size {size[0]}x{size[1]}, expected {out.shape[0]}x{out.shape[1]}",
+                             (size[0], size[1]))
+
+
+def _check_pixel_count(height: int, width: int, where: str) -> None:
+    """PIL's decompression-bomb rule: warn above `Image.MAX_IMAGE_PIXELS`, refuse above twice that."""
+    limit, pixels = Image.MAX_IMAGE_PIXELS, height * width
+    if limit is None or pixels <= limit:
+        return
+    if pixels > 2 * limit:
+        raise Image.DecompressionBombError(f"{pixels} pixels exceeds limit of {2 * limit} pixels, could be "
+                                           "decompression bomb DOS attack")
+    warnings.warn(f"{where}: {pixels} pixels exceeds limit of {limit} pixels, could be decompression bomb DOS "
+                  "attack", Image.DecompressionBombWarning, stacklevel=4)
 
 
 class ImageFolderReader:
-    """Frames stored as one image file per frame (JPEG/PNG), decoded by `read_image_rgb` (JPEG: torchvision,
-    others: PIL)."""
+    """Frames stored as one image file per frame (JPEG/PNG), decoded by `read_image_rgb` (JPEG: simplejpeg,
+    others: PIL) straight into the clip's array."""
 
     def __init__(self, paths: Sequence[Path], where: Path | str = "frame list") -> None:
         self.paths = [Path(p) for p in paths]
@@ -115,18 +170,33 @@ class ImageFolderReader:
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         idx = check_indices(indices, len(self.paths), self.where)
-        decoded: dict[int, np.ndarray] = {}
-        for i in idx:
-            if i not in decoded:
-                decoded[i] = read_image_rgb(self.paths[i], i)
-        first = decoded[idx[0]]
-        for i, arr in decoded.items():
-            if arr.shape != first.shape:
-                raise CorruptMediaError(
-                    f"{self.paths[i]} (frame {i}): size {arr.shape[0]}x{arr.shape[1]} differs from "
-                    f"{self.paths[idx[0]]} (frame {idx[0]}): {first.shape[0]}x{first.shape[1]}"
-                )
-        return np.stack([decoded[i] for i in idx])
+        first_path = self.paths[idx[0]]
+        data = size = None
+        if first_path.suffix.lower() in _JPEG_SUFFIXES:  # its size from its header: every frame decoded in place
+            try:
+                data = np.fromfile(first_path, dtype=np.uint8)
+            except OSError:
+                data = None  # read_image_rgb names the error
+            size = None if data is None else _jpeg_header(data)
+        if size is None:  # PIL's image (or error): its size known once decoded, one frame copied
+            first = _read_image(first_path, idx[0], None, data)
+            out = np.empty((len(idx), *first.shape), dtype=np.uint8)
+            out[0] = first
+        else:
+            out = np.empty((len(idx), *size, 3), dtype=np.uint8)
+            _read_image(first_path, idx[0], out[0], data)
+        at = {idx[0]: 0}
+        for k, i in enumerate(idx[1:], start=1):
+            if i in at:  # a frame asked for twice is decoded once
+                out[k] = out[at[i]]
+                continue
+            at[i] = k
+            try:
+                read_image_rgb(self.paths[i], i, out=out[k])
+            except FrameSizeError as e:
+                raise CorruptMediaError(f"{self.paths[i]} (frame {i}): size {e.size[0]}x{e.size[1]} differs from "
+                                        f"{first_path} (frame {idx[0]}): {out.shape[1]}x{out.shape[2]}") from e
+        return out
 
     def close(self) -> None:
         pass
