@@ -74,8 +74,7 @@ def read_image_rgb(path: Path, frame: int | None = None, out: np.ndarray | None 
     (`scripts/bench_jpeg.py`), with the same pixels (there and in tests/data/test_video.py). CMYK/YCCK JPEGs, and
     files the JPEG decoder rejects (e.g. a PNG named .jpg), go to PIL, whose error is the one reported; other images
     are copied into `out`. An image of another size than `out` is an error. Images above PIL's
-    `Image.MAX_IMAGE_PIXELS` warn and above twice that are
-    refused, on every path (PIL's decompression-bomb rule)."""
+    `Image.MAX_IMAGE_PIXELS` warn and above twice that are refused, on every path (PIL's decompression-bomb rule)."""
     return _read_image(Path(path), frame, out, None)
 
 
