@@ -62,7 +62,7 @@ def test_torch_threads_setting_sets_and_validates() -> None:
 @pytest.mark.parametrize(
     ("overrides", "mask_stride", "token_pool", "milestones"),
     [
-        (["task=vos"], 2, {"vos": 2}, [900]),  # conf/recipe/tarvis_tiny_vos.yaml (with its lr drop)
+        (["task=vos"], 2, {"vos": 2}, [600]),  # conf/recipe/tarvis_tiny_vos.yaml (with its lr drop)
         (["task=vos", "~recipe"], 4, {"vos": 1}, [100000]),  # the TarViS layout, conf/optim/tiny_cpu.yaml
         (["task=vis"], 2, {}, [1000]),  # conf/recipe/tarvis_tiny_vis.yaml: stride-2 masks and the lr drop
         (["task=vss"], 4, {}, [100000]),  # conf/recipe/tarvis_tiny_vss.yaml: lr 2e-3 only
