@@ -1,11 +1,16 @@
 """The references `bench_data.py` sets its DataLoader against: pure decoding of the same frames, alone and in as
-many processes at once as workers, and the same DataLoader over items that only spin for decoding's CPU time."""
+many processes at once as workers, the same DataLoader over items that only spin for decoding's CPU time, the same
+items made on threads of one process (no inter-process hand-over), and the items' own work with their frames decoded
+beforehand (warm caches)."""
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
+import queue
 import resource
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -99,3 +104,71 @@ def rate_loader_floor(n: int, workers: int, ms: float) -> tuple[float, float]:
 
 def _first(items: list[int]) -> int:
     return items[0]
+
+
+def rate_threads(ds: ClipDataset, n: int, threads: int) -> tuple[float, float]:
+    """(clips/s per thread, CPU ms per clip of this process) of items 0..n-1 made and collated by `threads` threads
+    of this process, each batch handed to this thread through a queue: a loader with no worker processes, no
+    pickling and no shared-memory hand-over. The JPEG decoder releases the GIL; the items' and the collate's Python
+    work holds it. Set against the DataLoader, it shows what the inter-process costs are of the gap."""
+    batches: queue.Queue[Any] = queue.Queue(maxsize=4 * threads)
+    errors: list[BaseException] = []
+
+    def make(first: int, dataset: ClipDataset) -> None:
+        try:
+            for i in range(first, n + threads, threads):
+                batches.put(dataset.collate([dataset[i % len(dataset)]]))
+        except BaseException as e:  # this thread waits for n batches: never leave it waiting
+            errors.append(e)
+            batches.put(None)
+
+    # one copy of the dataset per thread: each opens its own readers (pickling drops them, as for workers)
+    workers = [threading.Thread(target=make, args=(k, copy.copy(ds)), daemon=True) for k in range(threads)]
+    for w in workers:
+        w.start()
+
+    def take() -> None:
+        if batches.get() is None:
+            raise RuntimeError(f"items on {threads} threads failed: {type(errors[0]).__name__}: {errors[0]}") \
+                from errors[0]
+
+    for _ in range(threads):  # start-up and each thread's first clip excluded, as for the DataLoader
+        take()
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        take()
+    rate, ms = n / (time.perf_counter() - start) / threads, 1000.0 * (time.process_time() - cpu) / n
+    for w in workers:
+        w.join()
+    return rate, ms
+
+
+class _DecodedFrames:
+    """A reader that decodes each distinct frame request once and then returns it from memory."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.decoded: dict[tuple[int, ...], Any] = {}
+
+    def read(self, indices: list[int]) -> Any:
+        key = tuple(indices)
+        frames = self.decoded.get(key)
+        if frames is None:
+            frames = self.decoded[key] = self.reader.read(indices)
+        return frames
+
+
+def non_decode_cpu_warm(ds: ClipDataset, n: int) -> float:
+    """CPU ms per clip of items 0..n-1 whose frames were decoded beforehand (a second pass over a reader that keeps
+    what it decoded): the items' own work with no decoding between clips to evict the caches and predictors it
+    runs on; set against items − decode in the run, the same work as the pipeline meets it. Holds the decoded frames
+    of all `n` clips."""
+    warm = copy.copy(ds)
+    warm.reader_factory = lambda source, backend: _DecodedFrames(ds.reader_factory(source, backend))
+    warm.max_open_readers = len(ds.dataset.videos)
+    for i in range(n):  # decode once
+        warm[i]
+    cpu = time.process_time()
+    for i in range(n):
+        warm[i]
+    return 1000.0 * (time.process_time() - cpu) / n

@@ -12,7 +12,14 @@ Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG fram
 - pure decode in as many processes at once as the most workers (`pure_decode_x2`, per process): what the machine
   gives each of two decoders running together (shared caches and memory bandwidth, clock, other tenants);
 - the same DataLoader over items that only spin for pure decode's CPU time per clip (`ratio_loader_floor`): the
-  ratio a pipeline with no work but decoding would reach here, the DataLoader's own work and the sharing left.
+  ratio a pipeline with no work but decoding would reach here, the DataLoader's own work and the sharing left;
+- the same items and collate on as many threads of this process as the most workers (`ratio_threads`, per thread):
+  no worker processes, pickling or shared-memory hand-over (the JPEG decoder releases the GIL), so what is left of
+  the gap there is the items' own work;
+- the items' CPU time with their frames decoded beforehand (`non_decode_cpu_ms_per_clip_warm`): the same non-decode
+  work with nothing between clips to evict the caches and branch predictors it runs on. Against
+  `non_decode_cpu_ms_per_clip` (items − decode, as the pipeline meets it) it shows how much of that work is the
+  machine's cost of running code cold after each clip's decoding (on the 2-core VM: most of it).
 `ratio` = (DataLoader clips/s with the most workers ÷ workers) ÷ pure-decode clips/s; `ratio_concurrent_decode` =
 the same per-worker rate ÷ `pure_decode_x2`, the part of the gap that is the pipeline's rather than the machine's.
 Every rate is the median over `--repeats` interleaved rounds (the machine may be shared); wall-clock rates.
@@ -60,7 +67,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from _bench_references import minor_faults, rate_loader_floor, rate_pure_decode, rate_pure_decode_concurrent
+from _bench_references import (
+    minor_faults,
+    non_decode_cpu_warm,
+    rate_loader_floor,
+    rate_pure_decode,
+    rate_pure_decode_concurrent,
+    rate_threads,
+)
 from _worker_split import WorkerSplit
 from vidseg.data.clip_dataset import ClipDataset
 from vidseg.data.formats import get_format
@@ -264,6 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rounds[concurrent], cpu_ms[concurrent] = [], []
     splits: dict[str, list[float]] = {}
     floors: list[float] = []
+    threaded = f"threads_x{most}"
     for _ in range(args.repeats):
         for key, fn in (("pure_decode", rate_pure_decode), ("dataset_items", rate_items)):
             rate, ms, flt = fn(ds, n)
@@ -291,6 +306,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if worker_ms is not None:
                 cpu_ms.setdefault(f"loader_w{w}_workers", []).append(worker_ms)
                 faults.setdefault(f"loader_w{w}_workers", []).append(worker_flt)
+        if most:  # the same items and collate on threads of this process: no inter-process hand-over
+            rate, ms = rate_threads(ds, n, most)
+            rounds.setdefault(threaded, []).append(rate)
+            cpu_ms.setdefault(threaded, []).append(ms)
+        # the items' own work with their frames decoded beforehand: warm caches
+        cpu_ms.setdefault("dataset_items_predecoded", []).append(non_decode_cpu_warm(ds, n))
     rates = {k: statistics.median(v) for k, v in rounds.items()}
     cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
     per_worker = rates[f"loader_w{most}"] / max(most, 1)
@@ -300,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_concurrent_decode": per_worker / rates[concurrent] if concurrent in rates else None,
         # the ratio of a DataLoader whose items only spin for decode's CPU time: the ceiling here
         "ratio_loader_floor": statistics.median(floors) if floors else None,
+        # per thread, the same items and collate on as many threads of this process (no inter-process hand-over)
+        "ratio_threads": rates[threaded] / rates["pure_decode"] if threaded in rates else None,
         "ratio_items": rates["dataset_items"] / rates["pure_decode"],
         "ratio_items_cpu": cpu["pure_decode"] / cpu["dataset_items"],
         "ratio_worker_cpu": (cpu["pure_decode"] / cpu[f"loader_w{most}_workers"]
@@ -312,6 +335,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # --worker-split: the workers' CPU ms per clip by part (medians over rounds), with the most workers
         "worker_split_ms_per_clip": {k: statistics.median(v) for k, v in splits.items()} or None,
         "non_decode_cpu_ms_per_clip": cpu["dataset_items"] - cpu["pure_decode"],
+        # the same items' work when their frames were decoded beforehand (no decoding between clips: warm caches)
+        "non_decode_cpu_ms_per_clip_warm": cpu["dataset_items_predecoded"],
         "colour_on_device_ms": colour_on_device_ms(ds),
         "resize_on_device_ms": resize_on_device_ms(ds),
         "handover_copy_6mb_ms": handover_copy_ms(),
@@ -349,11 +374,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"the same DataLoader over items that only spin for decode's CPU time reaches "
               f"{result['ratio_loader_floor']:.2f} per worker (its own work and the machine's sharing: the ceiling; "
               f"receiving: {cpu['loader_floor_main']:.2f} ms in this process)")
+    if result["ratio_threads"] is not None:
+        print(f"the same items and collate on {most} threads of this process (no worker processes, no hand-over) "
+              f"reach {result['ratio_threads']:.2f} per thread ({cpu[threaded]:.2f} CPU ms per clip)")
     if result["ratio_worker_cpu"] is not None:
         print(f"CPU time: one worker with a core of its own would reach {result['ratio_worker_cpu']:.2f}x of "
               f"decode's rate (decode CPU ms / worker CPU ms per clip)")
     print(f"CPU time: items/decode {result['ratio_items_cpu']:.2f}x of decode's rate, non-decode work "
-          f"{result['non_decode_cpu_ms_per_clip']:.2f} ms/clip; colour jitter moved to the device: "
+          f"{result['non_decode_cpu_ms_per_clip']:.2f} ms/clip ({result['non_decode_cpu_ms_per_clip_warm']:.2f} with "
+          f"the frames decoded beforehand: warm caches); colour jitter moved to the device: "
           f"{result['colour_on_device_ms']:.2f} ms/clip if run on this CPU; the crops' resize moved to the device: "
           f"{result['resize_on_device_ms']:.2f} ms/clip if run on this CPU")
     copy = result["handover_copy_6mb_ms"]

@@ -1,7 +1,8 @@
 """scripts/bench_data.py runs end to end on a small dataset and writes the figures #2 asks for: the headline
 `ratio` at the top level of its JSON, next to the pure-decode and per-worker rates it is made of, and the
 switches that turn the slots, the worker heap thresholds, the RLE masks and the resize on the device off, and the
-rate of two pure decoders at once (what the machine gives each of two workers)."""
+rate of two pure decoders at once (what the machine gives each of two workers), the same items on two threads of
+one process, and the items' work with their frames decoded beforehand."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> Non
     written = json.loads(out.read_text())
     assert list(written)[0] == "ratio" and written["ratio"] == pytest.approx(result["ratio"])
     rates = written["clips_per_s"]
-    assert set(rates) == {"pure_decode", "pure_decode_x2", "dataset_items", "loader_w0", "loader_w2"}
+    assert set(rates) == {"pure_decode", "pure_decode_x2", "dataset_items", "loader_w0", "loader_w2", "threads_x2"}
     assert min(rates.values()) > 0 and written["cpu_ms_per_clip"]["pure_decode_x2"] > 0
     assert written["ratio"] == pytest.approx(rates["loader_w2"] / 2 / rates["pure_decode"])
     assert written["ratio_concurrent_decode"] == pytest.approx(rates["loader_w2"] / 2 / rates["pure_decode_x2"])
@@ -40,6 +41,12 @@ def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> Non
     assert written["worker_split_ms_per_clip"] is None  # only with --worker-split
     assert 0 < written["ratio_loader_floor"] <= 1.2  # spinning items: no pipeline reaches more than about 1
     assert written["cpu_ms_per_clip"]["loader_floor_main"] > 0
+    # the same items on 2 threads of this process, and the items' work with their frames decoded beforehand
+    assert written["clips_per_s"]["threads_x2"] > 0 and written["cpu_ms_per_clip"]["threads_x2"] > 0
+    assert written["ratio_threads"] == pytest.approx(written["clips_per_s"]["threads_x2"] / rates["pure_decode"])
+    warm = written["non_decode_cpu_ms_per_clip_warm"]
+    assert warm == written["cpu_ms_per_clip"]["dataset_items_predecoded"]
+    assert warm > 0
 
 
 def test_worker_split_adds_up_to_the_workers_cpu_time(tmp_path: Path) -> None:
@@ -63,3 +70,44 @@ def test_a_failing_concurrent_decoder_is_an_error_not_a_hang() -> None:
 
     with pytest.raises(RuntimeError, match=r"2 processes at once failed: AttributeError"):
         _bench_references.rate_pure_decode_concurrent(NoVideos(), 3, 2)
+
+
+
+def _small_dataset(tmp_path: Path):  # noqa: ANN202
+    import argparse
+
+    args = argparse.Namespace(cache=tmp_path / "cache", height=96, width=128, videos=2, frames=8, clips=6, seed=0,
+                              no_resize=False, no_device_resize=False, no_rle_masks=False)
+    return bench_data.build_dataset(args)
+
+
+def test_items_on_threads_report_a_failing_item(tmp_path: Path) -> None:
+    import _bench_references
+
+    ds = _small_dataset(tmp_path)
+    rate, ms = _bench_references.rate_threads(ds, 6, 2)
+    assert rate > 0 and ms > 0
+    ds.transform = None  # every item fails: an error naming it, not a hang
+    with pytest.raises(RuntimeError, match=r"items on 2 threads failed: TypeError"):
+        _bench_references.rate_threads(ds, 6, 2)
+
+
+def test_the_warm_reference_decodes_each_clip_once(tmp_path: Path) -> None:
+    import _bench_references
+
+    ds = _small_dataset(tmp_path)
+    reads: list[tuple[int, ...]] = []
+    plain = ds.reader_factory
+
+    class Counting:
+        def __init__(self, reader) -> None:  # noqa: ANN001
+            self.reader = reader
+
+        def read(self, indices: list[int]):  # noqa: ANN202
+            reads.append(tuple(indices))
+            return self.reader.read(indices)
+
+    ds.reader_factory = lambda source, backend: Counting(plain(source, backend))
+    assert _bench_references.non_decode_cpu_warm(ds, 6) > 0
+    assert 0 < len(reads) <= 6  # the first pass decodes, the timed pass reads from memory
+    assert ds[0].frames.shape[0] == 3  # the dataset itself is unchanged
