@@ -55,7 +55,6 @@ import cProfile
 import gc
 import json
 import os
-import platform
 import pstats
 import resource
 import statistics
@@ -67,6 +66,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from _bench_machine import machine
 from _bench_references import (
     minor_faults,
     non_decode_cpu_warm,
@@ -84,23 +84,6 @@ from vidseg.data.synthetic import ensure_synthetic
 from vidseg.data.transforms import ClipTransform
 from vidseg.data.worker_memory import WorkerMemory, fix_malloc_thresholds
 from vidseg.model.backbone import normalize_frames
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
-            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "python": platform.python_version(), "torch": torch.__version__}
 
 
 def build_dataset(args: argparse.Namespace, **kw: Any) -> ClipDataset:
