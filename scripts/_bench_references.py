@@ -1,7 +1,7 @@
 """The references `bench_data.py` sets its DataLoader against: pure decoding of the same frames, alone and in as
 many processes at once as workers, the same DataLoader over items that only spin for decoding's CPU time, the same
-items made on threads of one process (no inter-process hand-over), and the items' own work with their frames decoded
-beforehand (warm caches)."""
+items made on threads of one process (no inter-process hand-over), and the items' own work as the pipeline meets it
+and with their frames decoded beforehand (warm caches)."""
 
 from __future__ import annotations
 
@@ -144,31 +144,41 @@ def rate_threads(ds: ClipDataset, n: int, threads: int) -> tuple[float, float]:
 
 
 class _DecodedFrames:
-    """A reader that decodes each distinct frame request once and then returns it from memory."""
+    """A reader that decodes each distinct frame request once, then returns it from memory, and adds the CPU time of
+    its reads to `read_s`."""
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
         self.decoded: dict[tuple[int, ...], Any] = {}
+        self.read_s = 0.0
 
     def read(self, indices: list[int]) -> Any:
+        start = time.thread_time()
         key = tuple(indices)
         frames = self.decoded.get(key)
         if frames is None:
             frames = self.decoded[key] = self.reader.read(indices)
+        self.read_s += time.thread_time() - start
         return frames
 
 
-def non_decode_cpu_warm(ds: ClipDataset, n: int) -> float:
-    """CPU ms per clip of items 0..n-1 whose frames were decoded beforehand (a second pass over a reader that keeps
-    what it decoded): the items' own work with no decoding between clips to evict the caches and predictors it
-    runs on; set against items − decode in the run, the same work as the pipeline meets it. Holds the decoded frames
-    of all `n` clips."""
-    warm = copy.copy(ds)
-    warm.reader_factory = lambda source, backend: _DecodedFrames(ds.reader_factory(source, backend))
-    warm.max_open_readers = len(ds.dataset.videos)
-    for i in range(n):  # decode once
-        warm[i]
-    cpu = time.process_time()
-    for i in range(n):
-        warm[i]
-    return 1000.0 * (time.process_time() - cpu) / n
+def non_decode_cpu(ds: ClipDataset, n: int) -> tuple[float, float]:
+    """(cold, warm): CPU ms per clip of items 0..n-1 outside reading their frames, first as the pipeline meets them
+    (each item decodes its frames), then again with those frames kept in memory (no decoding between clips to
+    evict the caches and branch predictors the items' own work runs on). Holds the decoded frames of all `n` clips."""
+    items = copy.copy(ds)
+    readers: list[_DecodedFrames] = []
+
+    def factory(source: Any, backend: str) -> _DecodedFrames:
+        readers.append(_DecodedFrames(ds.reader_factory(source, backend)))
+        return readers[-1]
+
+    items.reader_factory = factory
+    items.max_open_readers = len(ds.dataset.videos)  # keep every reader and what it decoded
+    result = []
+    for _ in range(2):
+        read, cpu = sum(r.read_s for r in readers), time.thread_time()
+        for i in range(n):
+            items[i]
+        result.append(1000.0 * (time.thread_time() - cpu - (sum(r.read_s for r in readers) - read)) / n)
+    return result[0], result[1]
