@@ -1,5 +1,6 @@
 """The references `bench_data.py` sets its DataLoader against: pure decoding of the same frames, alone and in as
-many processes at once as workers, the same DataLoader over items that only spin for decoding's CPU time, the same
+many processes at once as workers, the same DataLoader over items that only spin for decoding's CPU time or only
+decode (and hand the crops over), the same
 items made on threads of one process (no inter-process hand-over), and the items' own work as the pipeline meets it
 and with their frames decoded beforehand (warm caches)."""
 
@@ -18,16 +19,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from vidseg.data.clip_dataset import ClipDataset
+from vidseg.data.collate import stack_for_handover
+from vidseg.data.handover import SlotHandover
 from vidseg.data.video import open_frames
+from vidseg.data.worker_memory import WorkerMemory
 
 
 def rate_pure_decode(ds: ClipDataset, n: int) -> tuple[float, float, float]:
     """(clips/s, CPU ms per clip, minor page faults per clip) decoding exactly the frames the dataset samples for
     items 0..n-1, with the same reader."""
-    plan = []
-    for i in range(n):
-        video = ds.dataset.videos[i // ds.samples_per_video]
-        plan.append((video, ds.sampler.sample(video, ds.rng_for(i))))
+    plan = _plan(ds, n)
     readers: dict[str, Any] = {}
     start, cpu, faults = time.perf_counter(), time.process_time(), minor_faults(resource.RUSAGE_SELF)
     for video, frames in plan:
@@ -35,6 +36,15 @@ def rate_pure_decode(ds: ClipDataset, n: int) -> tuple[float, float, float]:
         reader.read(frames)
     return (n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n,
             (minor_faults(resource.RUSAGE_SELF) - faults) / n)
+
+
+def _plan(ds: ClipDataset, n: int) -> list[tuple[Any, list[int]]]:
+    """(video, frame indices) that items 0..n-1 of `ds` sample (indices past its end wrap around)."""
+    plan = []
+    for i in (k % len(ds) for k in range(n)):
+        video = ds.dataset.videos[i // ds.samples_per_video]
+        plan.append((video, [int(f) for f in ds.sampler.sample(video, ds.rng_for(i))]))
+    return plan
 
 
 def rate_pure_decode_concurrent(ds: ClipDataset, n: int, processes: int) -> tuple[float, float]:
@@ -104,6 +114,50 @@ def rate_loader_floor(n: int, workers: int, ms: float) -> tuple[float, float]:
 
 def _first(items: list[int]) -> int:
     return items[0]
+
+
+class DecodeItems(torch.utils.data.Dataset):
+    """Items that only decode the frames items 0..n-1 of `ds` sample (with the reader pure decode uses) and return
+    an empty tensor, or (`crop`) the top-left crop of `ds.transform.crop_fraction` of the frames, uint8
+    [T, 3, h, w], as a view that the collate copies into the hand-over slot, as training's collate does its crops."""
+
+    def __init__(self, ds: ClipDataset, n: int, crop: bool) -> None:
+        self.plan, self.crop = _plan(ds, n), crop
+        self.fraction = ds.transform.crop_fraction or (1.0, 1.0)
+        self.readers: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        video, frames = self.plan[index]
+        reader = self.readers.get(video.video_id) or self.readers.setdefault(video.video_id, open_frames(video.frames))
+        pixels = torch.from_numpy(reader.read(frames)).permute(0, 3, 1, 2)
+        if not self.crop:
+            return pixels.new_empty(0)
+        h, w = round(self.fraction[0] * pixels.shape[-2]), round(self.fraction[1] * pixels.shape[-1])
+        return pixels[:, :, :h, :w]
+
+
+def _stack_decoded(items: list[torch.Tensor]) -> torch.Tensor:
+    return items[0] if items[0].dim() == 1 else stack_for_handover(items)
+
+
+def rate_loader_decode(ds: ClipDataset, n: int, workers: int, crop: bool) -> float:
+    """Clips/s per worker of a DataLoader like training's (batch size 1, `SlotHandover`, the workers' heap
+    thresholds) over `DecodeItems`: decoding alone, or (`crop`) decoding and handing the crops over, with none of
+    the items' other work (sampling draws, targets, transform, collate of a `Batch`). The ratio of any pipeline
+    that hands crops over this way is capped by the second."""
+    loader = DataLoader(DecodeItems(ds, n + workers, crop), batch_size=1, num_workers=workers, prefetch_factor=4,
+                        collate_fn=SlotHandover(_stack_decoded, workers, slots_per_worker=6),
+                        worker_init_fn=WorkerMemory())
+    batches = iter(loader)
+    for _ in range(workers):  # start-up and each worker's first clip excluded
+        next(batches)
+    start, seen = time.perf_counter(), 0
+    for _ in batches:
+        seen += 1
+    return seen / (time.perf_counter() - start) / workers
 
 
 def rate_threads(ds: ClipDataset, n: int, threads: int) -> tuple[float, float]:

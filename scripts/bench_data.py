@@ -13,6 +13,9 @@ Builds (once, cached) a synthetic YouTube-VIS-format dataset with 480p JPEG fram
   gives each of two decoders running together (shared caches and memory bandwidth, clock, other tenants);
 - the same DataLoader over items that only spin for pure decode's CPU time per clip (`ratio_loader_floor`): the
   ratio a pipeline with no work but decoding would reach here, the DataLoader's own work and the sharing left;
+- the same DataLoader over items that only decode (`ratio_loader_decode`), and that also hand their crops over
+  through the slots (`ratio_loader_decode_crop`): with none of the items' other work, the ceiling of any pipeline
+  that hands crops over this way;
 - the same items and collate on as many threads of this process as the most workers (`ratio_threads`, per thread):
   no worker processes, pickling or shared-memory hand-over (the JPEG decoder releases the GIL), so what is left of
   the gap there is the items' own work;
@@ -67,9 +70,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from _bench_machine import machine
+from _bench_moved_work import colour_on_device_ms, handover_copy_ms, resize_on_device_ms
 from _bench_references import (
     minor_faults,
     non_decode_cpu,
+    rate_loader_decode,
     rate_loader_floor,
     rate_pure_decode,
     rate_pure_decode_concurrent,
@@ -83,7 +88,6 @@ from vidseg.data.sampling import InstanceClipSampler
 from vidseg.data.synthetic import ensure_synthetic
 from vidseg.data.transforms import ClipTransform
 from vidseg.data.worker_memory import WorkerMemory, fix_malloc_thresholds
-from vidseg.model.backbone import normalize_frames
 
 
 def build_dataset(args: argparse.Namespace, **kw: Any) -> ClipDataset:
@@ -107,57 +111,6 @@ def rate_items(ds: ClipDataset, n: int) -> tuple[float, float, float]:
         ds[i]
     return (n / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / n,
             (minor_faults(resource.RUSAGE_SELF) - faults) / n)
-
-
-def colour_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
-    """CPU ms per clip of the device-side colour jitter: normalise with the clip's map minus without, each
-    the fastest of `repeats` interleaved timings (the machine may be shared)."""
-    sample = ds.collate([ds[0]]).to("cpu").samples[0]  # frames finished as on the device
-    frames, t = sample.frames, sample.frames.shape[0]
-    if sample.colour is None:
-        return 0.0
-    colour, valid = sample.colour.expand(t, 3, 4), sample.pad_mask.expand(t, *sample.pad_mask.shape)
-    variants = {"plain": {}, "colour": {"colour": colour, "valid": valid}}
-    best = dict.fromkeys(variants, float("inf"))
-    for _ in range(repeats):
-        for name, kw in variants.items():
-            start = time.perf_counter()
-            normalize_frames(frames, **kw)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return 1000.0 * (best["colour"] - best["plain"])
-
-
-def resize_on_device_ms(ds: ClipDataset, repeats: int = 15) -> float:
-    """CPU ms per clip of `Batch.to` finishing a one-clip batch (frames flipped, resized and padded, masks painted)
-    on *this CPU*, the fastest of `repeats` (0 with --no-device-resize: the workers did it)."""
-    batch = ds.collate([ds[0]])
-    if batch.device_resize is None:
-        return 0.0
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        batch.to("cpu")
-        best = min(best, time.perf_counter() - start)
-    return 1000.0 * best
-
-
-def handover_copy_ms(nbytes: int = 6_000_000, repeats: int = 30) -> dict[str, float]:
-    """CPU ms to copy `nbytes` into fresh shared memory (torch's usual hand-over allocates a new file per batch)
-    against into shared memory already mapped and touched (a reused `SlotHandover` slot), medians of `repeats`."""
-    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8)
-    slot = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
-    slot.copy_(src)
-    times: dict[str, list[float]] = {"fresh_shared": [], "reused_slot": []}
-    for _ in range(repeats):
-        start = time.process_time()
-        fresh = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
-        fresh.copy_(src)
-        times["fresh_shared"].append(time.process_time() - start)
-        del fresh
-        start = time.process_time()
-        slot.copy_(src)
-        times["reused_slot"].append(time.process_time() - start)
-    return {k: 1000.0 * statistics.median(v) for k, v in times.items()}
 
 
 def _children_cpu_s() -> float:
@@ -289,6 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if worker_ms is not None:
                 cpu_ms.setdefault(f"loader_w{w}_workers", []).append(worker_ms)
                 faults.setdefault(f"loader_w{w}_workers", []).append(worker_flt)
+        if most:  # the same DataLoader over items that only decode, then decode and hand their crops over
+            rounds.setdefault(f"loader_decode_w{most}", []).append(rate_loader_decode(ds, n, most, crop=False))
+            rounds.setdefault(f"loader_decode_crop_w{most}", []).append(rate_loader_decode(ds, n, most, crop=True))
         if most:  # the same items and collate on threads of this process: no inter-process hand-over
             rate, ms = rate_threads(ds, n, most)
             rounds.setdefault(threaded, []).append(rate)
@@ -306,6 +262,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_concurrent_decode": per_worker / rates[concurrent] if concurrent in rates else None,
         # the ratio of a DataLoader whose items only spin for decode's CPU time: the ceiling here
         "ratio_loader_floor": statistics.median(floors) if floors else None,
+        # per worker, the same DataLoader over items that only decode / decode and hand their crops over (no other
+        # work): the ceiling of a pipeline that hands crops over
+        "ratio_loader_decode": (rates[f"loader_decode_w{most}"] / rates["pure_decode"]
+                                if f"loader_decode_w{most}" in rates else None),
+        "ratio_loader_decode_crop": (rates[f"loader_decode_crop_w{most}"] / rates["pure_decode"]
+                                     if f"loader_decode_crop_w{most}" in rates else None),
         # per thread, the same items and collate on as many threads of this process (no inter-process hand-over)
         "ratio_threads": rates[threaded] / rates["pure_decode"] if threaded in rates else None,
         "ratio_items": rates["dataset_items"] / rates["pure_decode"],
@@ -361,6 +323,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"the same DataLoader over items that only spin for decode's CPU time reaches "
               f"{result['ratio_loader_floor']:.2f} per worker (its own work and the machine's sharing: the ceiling; "
               f"receiving: {cpu['loader_floor_main']:.2f} ms in this process)")
+    if result["ratio_loader_decode"] is not None:
+        print(f"the same DataLoader over items that only decode reaches {result['ratio_loader_decode']:.2f} per "
+              f"worker, and {result['ratio_loader_decode_crop']:.2f} when they also hand their crops over (no other "
+              "work: the ceiling of a pipeline that hands crops over)")
     if result["ratio_threads"] is not None:
         print(f"the same items and collate on {most} threads of this process (no worker processes, no hand-over) "
               f"reach {result['ratio_threads']:.2f} per thread ({cpu[threaded]:.2f} CPU ms per clip)")

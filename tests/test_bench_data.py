@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import bench_data  # noqa: E402
+from vidseg.data.video import open_frames  # noqa: E402
 
 
 @pytest.mark.parametrize("switches", [[], ["--no-slots", "--no-worker-heap", "--no-rle-masks",
@@ -27,7 +29,10 @@ def test_bench_data_writes_its_ratio(tmp_path: Path, switches: list[str]) -> Non
     written = json.loads(out.read_text())
     assert list(written)[0] == "ratio" and written["ratio"] == pytest.approx(result["ratio"])
     rates = written["clips_per_s"]
-    assert set(rates) == {"pure_decode", "pure_decode_x2", "dataset_items", "loader_w0", "loader_w2", "threads_x2"}
+    assert set(rates) == {"pure_decode", "pure_decode_x2", "dataset_items", "loader_w0", "loader_w2", "threads_x2",
+                          "loader_decode_w2", "loader_decode_crop_w2"}
+    for key in ("loader_decode", "loader_decode_crop"):
+        assert written[f"ratio_{key}"] == pytest.approx(rates[f"{key}_w2"] / rates["pure_decode"])
     assert min(rates.values()) > 0 and written["cpu_ms_per_clip"]["pure_decode_x2"] > 0
     assert written["ratio"] == pytest.approx(rates["loader_w2"] / 2 / rates["pure_decode"])
     assert written["ratio_concurrent_decode"] == pytest.approx(rates["loader_w2"] / 2 / rates["pure_decode_x2"])
@@ -67,6 +72,9 @@ def test_a_failing_concurrent_decoder_is_an_error_not_a_hang() -> None:
 
     class NoVideos:
         dataset = None  # rate_pure_decode reads ds.dataset.videos
+
+        def __len__(self) -> int:
+            return 3
 
     with pytest.raises(RuntimeError, match=r"2 processes at once failed: AttributeError"):
         _bench_references.rate_pure_decode_concurrent(NoVideos(), 3, 2)
@@ -112,3 +120,20 @@ def test_the_warm_reference_decodes_each_clip_once(tmp_path: Path) -> None:
     assert cold > 0 and warm > 0
     assert 0 < len(reads) <= 6  # the first pass decodes, the second reads from memory
     assert ds[0].frames.shape[0] == 3  # the dataset itself is unchanged
+
+
+def test_decode_items_hand_over_the_crop_of_the_frames(tmp_path: Path) -> None:
+    import _bench_references
+
+    ds = _small_dataset(tmp_path)  # 96x128 frames, 0.75 crops
+    crops, empty = _bench_references.DecodeItems(ds, 4, crop=True), _bench_references.DecodeItems(ds, 4, crop=False)
+    assert len(crops) == 4
+    video, frames = crops.plan[1]
+    sample = ds[1]
+    assert list(frames) == sample.frame_indices  # the frames item 1 samples
+    crop = crops[1]
+    assert crop.shape == (3, 3, 72, 96) and crop.dtype == torch.uint8
+    full = torch.from_numpy(open_frames(video.frames).read(frames)).permute(0, 3, 1, 2)
+    assert torch.equal(crop, full[:, :, :72, :96])
+    assert empty[1].numel() == 0
+    assert _bench_references.rate_loader_decode(ds, 4, 2, crop=True) > 0
