@@ -206,3 +206,9 @@ def test_records_pickle_for_dataloader_workers(written: tuple[Path, list]) -> No
     ds = davis.read(written[0], "val")
     ann = pickle.loads(pickle.dumps(ds.videos[1].annotations[3]))
     np.testing.assert_array_equal(ann.decode().masks[1], written[1][1].instance_maps[3] == 1)
+
+
+def test_image_set_not_utf8(copy: Path) -> None:
+    (copy / "ImageSets/2017/val.txt").write_bytes(b"alpha\n\xff\xfebeta\n")
+    with pytest.raises(AnnotationFormatError, match=r"ImageSets/2017/val\.txt: not UTF-8 text"):
+        davis.read(copy, "val")

@@ -197,3 +197,23 @@ def test_test_split_without_annotations_and_pickling(written):
     ann = kitti_step.read(root, "val").videos[0].annotations[2]
     labels = pickle.loads(pickle.dumps(ann)).decode()
     np.testing.assert_array_equal(labels.semantic, videos[0].semantic_maps[2])
+
+
+def test_error_16_bit_panoptic_png(written):
+    # PIL keeps only the high byte of a 16-bit RGB PNG: read as is, every pixel would become class 0
+    import cv2
+
+    root, _ = written
+    png = root / "panoptic_maps" / "val" / "0002" / "000002.png"
+    rgb = np.array(Image.open(png)).astype(np.uint16)
+    cv2.imwrite(str(png), rgb[..., ::-1])  # BGR order, 16 bits per channel
+    with pytest.raises(CorruptMediaError, match=r"0002/000002\.png: expected an 8-bit RGB PNG, got 16 bits"):
+        kitti_step.read(root, "val")
+
+
+def test_error_frame_without_panoptic_map(written):
+    # KITTI-STEP labels every frame of train/val: a missing map is an error, not an unannotated frame
+    root, _ = written
+    (root / "panoptic_maps" / "val" / "0006" / "000001.png").unlink()
+    with pytest.raises(MissingFileError, match=r"0006/000001\.png: panoptic map of frame .*0006/000001"):
+        kitti_step.read(root, "val")

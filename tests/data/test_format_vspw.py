@@ -158,3 +158,23 @@ def test_annotations_pickle_for_dataloader_workers(written):
     root, videos = written
     ann = vspw.read(root, "val").videos[1].annotations[5]
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(ann)).decode().semantic, videos[1].semantic_maps[5])
+
+
+def test_error_frame_without_mask(written):
+    root, _ = written
+    (root / "data" / "42_x_y" / "mask" / "00000002.png").unlink()
+    with pytest.raises(MissingFileError, match=r"42_x_y/mask/00000002\.png: mask of frame"):
+        vspw.read(root, "val")
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(b"1001_abc\n\xff\xfe42_x_y\n", r"val\.txt: split list is not UTF-8 text"),
+     (b"\n  \n", r"val\.txt: split list names no video")],
+    ids=["not_utf8", "empty"],
+)
+def test_error_bad_split_list(written, content, match):
+    root, _ = written
+    (root / "val.txt").write_bytes(content)
+    with pytest.raises(AnnotationFormatError, match=match):
+        vspw.read(root, "val")

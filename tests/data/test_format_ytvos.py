@@ -182,3 +182,16 @@ def test_wrong_size_png_rejected_at_decode(copy: Path) -> None:
     write_index_png(copy / "train/Annotations/alpha/00005.png", np.zeros((60, 80), np.uint8))
     with pytest.raises(CorruptMediaError, match=r"alpha/00005.png: PNG size 60x80"):
         ds.videos[0].annotation_at(1).decode()
+
+
+@pytest.mark.parametrize(
+    ("split", "png"),
+    [("train", "beta/00010.png"), ("valid", "alpha/00010.png")],
+    ids=["dense_frame", "first_appearance"],
+)
+def test_missing_annotation_png_is_an_error(copy: Path, split: str, png: str) -> None:
+    # a lost PNG must not turn a train video into a "sparse" one, nor lose an object's first appearance
+    (copy / split / "Annotations" / png).unlink()
+    with pytest.raises(MissingFileError, match=rf"{split}/Annotations/{png}: annotation PNG of a frame that .*"
+                                               r"meta\.json lists"):
+        ytvos.read(copy, split)

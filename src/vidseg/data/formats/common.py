@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from vidseg.data.records import RLE, AnnotationFormatError, CorruptMediaError, MissingFileError
+from vidseg.metrics._rle import DecodedRLEs  # the project's RLE string decoder (shared with the VIS metric)
 
 
 def require_file(path: Path, what: str = "file") -> Path:
@@ -73,12 +75,14 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
 
 def read_png(path: Path, *, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode a PNG as stored (no palette conversion). channels=1 demands a single-channel image
-    (mode P/L/I/I;16), channels=3 an RGB image; size=(H, W) demands that size."""
+    (mode P/L/I/I;16), channels=3 an 8-bit RGB image (PIL would keep only the high byte of a 16-bit one);
+    size=(H, W) demands that size."""
     path = require_file(path, "PNG file")
     try:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
+            depth = _png_bit_depth(path) if im.format == "PNG" else 8
             arr = np.array(im)
     except (OSError, SyntaxError, ValueError) as e:
         raise CorruptMediaError(f"{path}: cannot decode PNG ({e})") from e
@@ -86,6 +90,8 @@ def read_png(path: Path, *, channels: int | None = None, size: tuple[int, int] |
         raise CorruptMediaError(f"{path}: expected a single-channel (palette/grayscale) PNG, got mode {mode}")
     if channels == 3 and (arr.ndim != 3 or arr.shape[2] < 3):
         raise CorruptMediaError(f"{path}: expected a 3-channel RGB PNG, got mode {mode}")
+    if channels == 3 and depth != 8:
+        raise CorruptMediaError(f"{path}: expected an 8-bit RGB PNG, got {depth} bits per channel")
     if channels == 3:
         arr = arr[..., :3]
     if size is not None and tuple(arr.shape[:2]) != tuple(size):
@@ -93,6 +99,15 @@ def read_png(path: Path, *, channels: int | None = None, size: tuple[int, int] |
             f"{path}: PNG size {arr.shape[0]}x{arr.shape[1]} (HxW) does not match the video's {size[0]}x{size[1]}"
         )
     return arr
+
+
+def _png_bit_depth(path: Path) -> int:
+    """Bits per sample from a PNG's IHDR chunk (byte 24: after the signature, chunk length and type, width, height)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        raise CorruptMediaError(f"{path}: PNG without an IHDR header")
+    return head[24]
 
 
 def davis_palette() -> list[int]:
@@ -149,40 +164,70 @@ def encode_rle(mask: np.ndarray) -> RLE:
 
 def to_compressed_rle(seg: Any, height: int, width: int, where: str) -> RLE:
     """Accept a compressed RLE, an uncompressed RLE or a polygon list; return compressed RLE of size
-    (height, width). Raises AnnotationFormatError naming `where` on a size mismatch or bad structure."""
-    if isinstance(seg, list):  # polygons
+    (height, width). Raises AnnotationFormatError naming `where` on a size mismatch or bad structure, and on a
+    compressed string that does not decode to height x width pixels (`to_compressed_rles`)."""
+    return to_compressed_rles([seg], height, width, lambda _: where)[0]
+
+
+def to_compressed_rles(segs: Sequence[Any], height: int, width: int, where: Callable[[int], str]) -> list[RLE]:
+    """`to_compressed_rle` of each of `segs` (none None), `where(k)` naming segs[k] in errors. Compressed strings
+    are checked all at once by the project's RLE decoder (`vidseg.metrics._rle`): characters, truncation,
+    negative runs, and run lengths that must sum to height x width."""
+    out = [_compressed_rle(seg, height, width, where(k)) for k, seg in enumerate(segs)]
+    strings = [k for k, seg in enumerate(segs) if isinstance(seg, dict) and isinstance(seg["counts"], str | bytes)]
+    if strings:
+        DecodedRLEs([out[k] for k in strings], height, width).check(lambda i: where(strings[i]))
+    return out
+
+
+def _compressed_rle(seg: Any, height: int, width: int, where: str) -> RLE:
+    if isinstance(seg, list):  # polygons: each a flat list of x, y pairs (at least 3 points)
+        for k, poly in enumerate(seg):
+            if (not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2
+                    or not all(is_number(c) for c in poly)):
+                raise AnnotationFormatError(f"{where}: polygon {k} must be a flat list of x, y numbers (at least "
+                                            "3 points)")
         try:
-            rles = mask_utils.frPyObjects(seg, height, width)
-            rle = mask_utils.merge(rles)
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
         except Exception as e:  # pycocotools raises TypeError/ValueError on garbage
             raise AnnotationFormatError(f"{where}: invalid polygon segmentation ({e})") from e
     elif isinstance(seg, dict):
         size = seg.get("size")
         counts = seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2) or counts is None:
-            raise AnnotationFormatError(f"{where}: RLE needs 'size' [h, w] and 'counts'")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)) or counts is None:
+            raise AnnotationFormatError(f"{where}: RLE needs 'size' [h, w] (ints) and 'counts'")
         if [int(size[0]), int(size[1])] != [height, width]:
             raise AnnotationFormatError(
                 f"{where}: RLE size {list(size)} does not match the video size [{height}, {width}]"
             )
         if isinstance(counts, list):
-            if sum(int(c) for c in counts) != height * width:
+            if not all(_is_int(c) and c >= 0 for c in counts):
+                raise AnnotationFormatError(f"{where}: uncompressed RLE counts must be non-negative ints")
+            if sum(counts) != height * width:
                 raise AnnotationFormatError(f"{where}: uncompressed RLE counts do not sum to h*w")
             rle = mask_utils.frPyObjects(seg, height, width)
         elif isinstance(counts, str | bytes):
-            rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
-            try:
-                area = int(mask_utils.area(rle))
-            except Exception as e:
-                raise AnnotationFormatError(f"{where}: undecodable compressed RLE ({e})") from e
-            if area > height * width:
-                raise AnnotationFormatError(f"{where}: compressed RLE decodes to more than h*w pixels")
+            rle = {"size": [height, width], "counts": counts}  # decoded and checked by the caller, in one pass
         else:
             raise AnnotationFormatError(f"{where}: RLE 'counts' must be a list or a string")
     else:
         raise AnnotationFormatError(f"{where}: segmentation must be an RLE object or a polygon list")
     counts = rle["counts"]
-    return {"size": [height, width], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    if isinstance(counts, bytes):
+        try:
+            counts = counts.decode("ascii")
+        except UnicodeDecodeError as e:
+            raise AnnotationFormatError(f"{where}: RLE counts string holds non-ASCII bytes") from e
+    return {"size": [height, width], "counts": counts}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool): what JSON numbers in annotations must be."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_unique(ids: Iterable[Any], where: str, field: str) -> None:

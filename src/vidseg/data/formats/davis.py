@@ -55,7 +55,11 @@ RESOLUTIONS = ("480p", "Full-Resolution")
 
 def _sequence_list(root: Path, split: str, year: str) -> tuple[Path, list[str]]:
     path = require_file(root / "ImageSets" / year / f"{split}.txt", f"DAVIS ImageSets list of split {split!r}")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AnnotationFormatError(f"{path}: not UTF-8 text ({e})") from e
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise AnnotationFormatError(f"{path}: lists no sequence")
     check_unique(names, str(path), "sequence")

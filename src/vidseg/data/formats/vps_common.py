@@ -121,13 +121,19 @@ def label_files(
 ) -> list[Path]:
     """Sorted label PNGs of one video: none when `label_dir` is absent, unless `required` (then it names
     the folder in the MissingFileError). A PNG whose stem is no frame in `index` is a MissingFileError
-    "<png>: <what> without a frame <frames_dir>/<stem><frame_suffix>"."""
+    "<png>: <what> without a frame <frames_dir>/<stem><frame_suffix>". These datasets label every frame, so a
+    video with labels for some frames but not all is a MissingFileError naming the first missing PNG."""
     if required is not None:
         require_dir(label_dir, required)
     files = sorted_frame_files(label_dir, (".png",)) if label_dir.is_dir() else []
     for f in files:
         if f.stem not in index:
             raise MissingFileError(f"{f}: {what} without a frame {frames_dir / f.stem}{frame_suffix}")
+    if files and len(files) < len(index):
+        labelled = {f.stem for f in files}
+        missing = min((i, stem) for stem, i in index.items() if stem not in labelled)[1]
+        raise MissingFileError(f"{label_dir / missing}.png: {what} of frame {frames_dir / missing}{frame_suffix} "
+                               f"does not exist ({len(files)} of the video's {len(index)} frames have one)")
     return files
 
 
@@ -176,7 +182,13 @@ def check_name(name: str, where: str, field: str = "video_id") -> str:
 def read_split_list(path: Path) -> list[str]:
     """Video names of a split list file (one per line, blank lines ignored, duplicates rejected)."""
     path = require_file(path, "split list")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AnnotationFormatError(f"{path}: split list is not UTF-8 text ({e})") from e
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise AnnotationFormatError(f"{path}: split list names no video")
     seen: set[str] = set()
     for n in names:
         if n in seen:

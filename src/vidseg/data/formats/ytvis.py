@@ -26,10 +26,11 @@ from vidseg.data.formats._vos_common import (
 from vidseg.data.formats.common import (
     check_unique,
     encode_rle,
+    is_number,
     load_json,
     require_int,
     require_key,
-    to_compressed_rle,
+    to_compressed_rles,
     write_json_atomic,
 )
 from vidseg.data.records import (
@@ -67,10 +68,13 @@ def _known_id(obj: Any, key: str, where: str, known: Container[int], source: str
 
 def _rles(segs: list[Any], video: VideoRecord, where: str) -> list[RLE | None]:
     """Per-frame YouTube-VIS segmentations (RLE/polygon or null) as compressed RLEs of the video's size."""
-    return [
-        None if s is None else to_compressed_rle(s, video.height, video.width, f"{where} segmentations[{t}]")
-        for t, s in enumerate(segs)
-    ]
+    frames = [t for t, s in enumerate(segs) if s is not None]
+    rles = to_compressed_rles([segs[t] for t in frames], video.height, video.width,
+                              lambda k: f"{where} segmentations[{frames[k]}]")
+    out: list[RLE | None] = [None] * len(segs)
+    for t, rle in zip(frames, rles, strict=True):
+        out[t] = rle
+    return out
 
 
 def _read_categories(data: dict, where: str) -> list[Category]:
@@ -133,6 +137,8 @@ def _read_annotation(
     video = videos[vid]
     cat = _known_id(a, "category_id", where, cat_ids, "'categories'")
     iscrowd = require_key(a, "iscrowd", where, (int, bool))
+    if iscrowd not in (0, 1):
+        raise AnnotationFormatError(f"{where}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")
     segs = require_key(a, "segmentations", where, (list,))
     areas = require_key(a, "areas", where, (list,))
     n = video.num_frames
@@ -143,6 +149,12 @@ def _read_annotation(
     bboxes = a.get("bboxes")
     if bboxes is not None and (not isinstance(bboxes, list) or len(bboxes) != n):
         raise AnnotationFormatError(f"{where}: 'bboxes' must have one entry per frame ({n})")
+    for t, area in enumerate(areas):
+        if area is not None and not (is_number(area) and area >= 0):
+            raise AnnotationFormatError(f"{where}: areas[{t}] must be a non-negative number or null, got {area!r}")
+    for t, box in enumerate(bboxes or ()):
+        if box is not None and not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
+            raise AnnotationFormatError(f"{where}: bboxes[{t}] must be [x, y, w, h] or null, got {box!r}")
     return video, TrackInfo(track_id=aid, category_id=cat, iscrowd=bool(iscrowd)), _rles(segs, video, where)
 
 
@@ -163,6 +175,8 @@ def read(
         raise AnnotationFormatError(f"{ann_path}: top level must be an object, got {type(data).__name__}")
     categories = _read_categories(data, str(ann_path))
     raw_videos = require_key(data, "videos", str(ann_path), (list,))
+    if not raw_videos:
+        raise AnnotationFormatError(f"{ann_path}: field 'videos' is empty")
     records = [_read_video(v, i, ann_path, img_root, check_frames) for i, v in enumerate(raw_videos)]
     check_unique((r.meta["ytvis_id"] for r in records), str(ann_path), "video id")
     by_id = {r.meta["ytvis_id"]: r for r in records}

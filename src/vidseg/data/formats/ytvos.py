@@ -51,6 +51,7 @@ from vidseg.data.records import (
     FrameAnnotation,
     FrameSource,
     GroundTruthVideo,
+    MissingFileError,
     Prompt,
     TrackInfo,
     VideoPrediction,
@@ -107,6 +108,12 @@ def _read_video(
     png_frames = {index[p.stem] for p in pngs}
     listed = {index[f] for o in objects.values() for f in o["frames"]}
     sparse = not listed <= png_frames
+    # sparse (valid/test): PNGs exactly at the objects' first listed frames; anything else misses a PNG
+    firsts = {min(index[f] for f in o["frames"]) for o in objects.values() if o["frames"]}
+    if sparse and png_frames != firsts:
+        missing = sorted((firsts - png_frames) or (listed - png_frames))[0]
+        raise MissingFileError(f"{adir / names[missing]}.png: annotation PNG of a frame that {meta_path} lists for "
+                               f"video {vid!r} does not exist")
     scan = sparse if scan_annotations is None else scan_annotations
     allowed = frozenset(objects)
 
