@@ -205,6 +205,18 @@ def _drop_annotated(d: dict) -> None:
             lambda d: d["sequences"][0]["annotated_image_paths"].__setitem__(0, "nope.jpg"),
             r"sequence 1 .*: annotated image 'nope.jpg' is not in 'all_image_paths'",
         ),
+        (
+            lambda d: d["sequences"][0]["annotated_image_paths"].__setitem__(0, ["x"]),
+            r"sequence 1 \(YFCC100M/alpha\): 'annotated_image_paths'\[0\] must be an image path string, got list",
+        ),
+        (
+            lambda d: d["sequences"][1].update(neg_category_ids=5),
+            r"sequence 2 \(YFCC100M/beta\): field 'neg_category_ids' must be a list of category ids, got int",
+        ),
+        (
+            lambda d: d["sequences"][1].update(not_exhaustive_category_ids=[4, "7"]),
+            r"sequence 2 .*: 'not_exhaustive_category_ids'\[1\] must be an int category id, got '7'",
+        ),
     ],
     ids=[
         "no-annotated-frames",
@@ -214,6 +226,9 @@ def _drop_annotated(d: dict) -> None:
         "seg-length",
         "dup-id",
         "unknown-image",
+        "annotated-path-not-string",
+        "neg-ids-not-list",
+        "not-exhaustive-id-not-int",
     ],
 )
 def test_bad_all_classes(copy: Path, edit, pattern: str) -> None:
@@ -243,6 +258,65 @@ def test_first_frame_missing_point(copy: Path) -> None:
     )
     with pytest.raises(
         AnnotationFormatError, match=r"first_frame_annotations.json sequence 2 .* missing field 'point'"
+    ):
+        burst.read(copy, "val")
+
+
+def test_first_frame_missing_sequence(copy: Path) -> None:
+    _edit(copy, "first_frame_annotations.json", lambda d: d["sequences"].pop(1))
+    with pytest.raises(
+        AnnotationFormatError,
+        match=r"first_frame_annotations.json: no entry for sequence 2 \(YFCC100M/beta\) of .*all_classes.json",
+    ):
+        burst.read(copy, "val")
+
+
+def _set_first_frame(field: str, value: object):
+    """Edit setting `field` of track 2's first-frame entry in sequence 2 (beta, frame0000.jpg)."""
+    return lambda d: d["sequences"][1]["segmentations"][0]["2"].update({field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "pattern"),
+    [
+        ("point", {"x": 5000, "y": -30}, r"'point' \(x=5000, y=-30\) is outside the 80x64 image"),
+        ("point", [80, 10], r"'point' \(x=80, y=10\) is outside the 80x64 image \(need 0 <= x < 80"),
+        ("point", {"x": 10, "y": 64}, r"'point' \(x=10, y=64\) is outside the 80x64 image"),
+        ("bbox", ["a", "b", "c", "d"], r"'bbox'\[0\] must be a finite number, got 'a'"),
+        ("bbox", [None, None, None, None], r"'bbox'\[0\] must be a finite number, got None"),
+        ("bbox", [1, 2, 3], r"'bbox' must be \[x, y, w, h\], got 3 values"),
+    ],
+    ids=[
+        "point-far-outside",
+        "point-x-equals-width",
+        "point-y-equals-height",
+        "bbox-strings",
+        "bbox-nulls",
+        "bbox-short",
+    ],
+)
+def test_bad_first_frame_entry(copy: Path, field: str, value: object, pattern: str) -> None:
+    _edit(copy, "first_frame_annotations.json", _set_first_frame(field, value))
+    where = r"first_frame_annotations.json sequence 2 \(YFCC100M/beta\) \(frame0000.jpg\) track 2: "
+    with pytest.raises(AnnotationFormatError, match=where + pattern):
+        burst.read(copy, "val")
+
+
+def test_first_frame_point_on_last_pixel(copy: Path) -> None:
+    _edit(copy, "first_frame_annotations.json", _set_first_frame("point", {"x": 79, "y": 63}))
+    prompts = {p.track_id: p for p in burst.read(copy, "val").videos[1].prompts}
+    assert prompts[2].point == Point(79.0, 63.0)
+
+
+def test_first_frame_annotated_path_not_string(copy: Path) -> None:
+    _edit(
+        copy,
+        "first_frame_annotations.json",
+        lambda d: d["sequences"][0]["annotated_image_paths"].__setitem__(0, ["x"]),
+    )
+    with pytest.raises(
+        AnnotationFormatError,
+        match=r"first_frame_annotations.json sequence 1: 'annotated_image_paths'\[0\] must be an image path string",
     ):
         burst.read(copy, "val")
 

@@ -9,6 +9,7 @@ The writers and the results reader are implemented in `_burst_write.py` (size li
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,32 @@ def _rle(value: Any, height: int, width: int, where: str) -> RLE:
     elif not isinstance(rle, dict):
         raise AnnotationFormatError(f"{where}: field 'rle' must be a counts string or an RLE object")
     return to_compressed_rle(rle, height, width, where)
+
+
+def _image_paths(obj: Any, key: str, where: str) -> list[str]:
+    """`obj[key]` as a list of image path strings; anything else is an AnnotationFormatError naming the field."""
+    value = require_key(obj, key, where, (list,))
+    for k, item in enumerate(value):
+        if not isinstance(item, str):
+            raise AnnotationFormatError(
+                f"{where}: '{key}'[{k}] must be an image path string, got {type(item).__name__}"
+            )
+    return value
+
+
+def _category_ids(seq: dict, key: str, where: str) -> list[int]:
+    """Optional list of category ids (`neg_category_ids`, `not_exhaustive_category_ids`); absent -> []."""
+    if key not in seq:
+        return []
+    value = seq[key]
+    if not isinstance(value, list):
+        raise AnnotationFormatError(
+            f"{where}: field '{key}' must be a list of category ids, got {type(value).__name__}"
+        )
+    for k, c in enumerate(value):
+        if not isinstance(c, int) or isinstance(c, bool):
+            raise AnnotationFormatError(f"{where}: '{key}'[{k}] must be an int category id, got {c!r}")
+    return list(value)
 
 
 def _area(rle: RLE) -> int:
@@ -104,7 +131,7 @@ def _read_sequence(
     where = f"{path} sequence {sid} ({dataset}/{seq_name})"
     height, width = require_int(seq, "height", where), require_int(seq, "width", where)
     frames, index = _frames(seq, where, image_root / split / dataset / seq_name, check_frames)
-    annotated = require_key(seq, "annotated_image_paths", where, (list,))
+    annotated = _image_paths(seq, "annotated_image_paths", where)
     if not annotated:
         raise AnnotationFormatError(f"{where}: 'annotated_image_paths' is empty (a sequence needs annotated frames)")
     for p in annotated:
@@ -120,7 +147,7 @@ def _read_sequence(
     tracks: dict[int, TrackInfo] = {}
     for key, cat in tcats.items():
         tid = _track_id(key, f"{where} track_category_ids")
-        if not isinstance(cat, int) or cat not in cat_ids:
+        if not isinstance(cat, int) or isinstance(cat, bool) or cat not in cat_ids:
             raise AnnotationFormatError(f"{where}: track {tid} has category id {cat!r}, not in 'categories'")
         tracks[tid] = TrackInfo(track_id=tid, category_id=cat)
     annotations, auto_masks = [], []
@@ -147,8 +174,8 @@ def _read_sequence(
         "seq_name": seq_name,
         "all_image_paths": list(seq["all_image_paths"]),
         "annotated_image_paths": list(annotated),
-        "neg_category_ids": list(seq.get("neg_category_ids") or []),
-        "not_exhaustive_category_ids": list(seq.get("not_exhaustive_category_ids") or []),
+        "neg_category_ids": _category_ids(seq, "neg_category_ids", where),
+        "not_exhaustive_category_ids": _category_ids(seq, "not_exhaustive_category_ids", where),
         "auto_masks": auto_masks,
     }
     return VideoRecord(
@@ -171,7 +198,8 @@ def _first_appearance_prompts(video: VideoRecord) -> list[Prompt]:
     return [Prompt(track_id=t, frame=f) for t, f in sorted(first.items())]
 
 
-def _point(value: Any, where: str) -> Point:
+def _point(value: Any, height: int, width: int, where: str) -> Point:
+    """A first-frame `point` ({"x", "y"} or [x, y]) in pixel coordinates: 0 <= x < width, 0 <= y < height."""
     if isinstance(value, dict) and "x" in value and "y" in value:
         x, y = value["x"], value["y"]
     elif isinstance(value, list) and len(value) == 2:
@@ -180,7 +208,24 @@ def _point(value: Any, where: str) -> Point:
         raise AnnotationFormatError(f"{where}: 'point' must be {{'x': .., 'y': ..}} or [x, y]")
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (x, y)):
         raise AnnotationFormatError(f"{where}: 'point' coordinates must be numbers")
+    if not (0 <= x < width and 0 <= y < height):
+        raise AnnotationFormatError(
+            f"{where}: 'point' (x={x}, y={y}) is outside the {width}x{height} image "
+            f"(need 0 <= x < {width}, 0 <= y < {height})"
+        )
     return Point(float(x), float(y))
+
+
+def _bbox(value: Any, where: str) -> tuple[float, float, float, float]:
+    """A first-frame `bbox` [x, y, w, h] of finite numbers."""
+    bbox = require_key(value, "bbox", where, (list,))
+    if len(bbox) != 4:
+        raise AnnotationFormatError(f"{where}: 'bbox' must be [x, y, w, h], got {len(bbox)} values")
+    for k, b in enumerate(bbox):
+        if not isinstance(b, int | float) or isinstance(b, bool) or not math.isfinite(b):
+            raise AnnotationFormatError(f"{where}: 'bbox'[{k}] must be a finite number, got {b!r}")
+    x, y, w, h = (float(b) for b in bbox)
+    return x, y, w, h
 
 
 def sequence_entry(
@@ -194,19 +239,23 @@ def sequence_entry(
         raise AnnotationFormatError(f"{where}: {unknown}")
     video = videos[sid]
     index = {p: k for k, p in enumerate(video.meta["all_image_paths"])}
-    annotated = require_key(seq, "annotated_image_paths", where, (list,))
+    annotated = _image_paths(seq, "annotated_image_paths", where)
     segs = require_key(seq, "segmentations", where, (list,))
     if len(segs) != len(annotated):
         raise AnnotationFormatError(f"{where}: 'segmentations' and 'annotated_image_paths' differ in length")
     return where, video, index, list(zip(annotated, segs))
 
 
-def _read_first_frame(path: Path, videos: dict[int, VideoRecord]) -> None:
-    """Set each video's prompts from first_frame_annotations.json (one entry per track)."""
+def _read_first_frame(path: Path, videos: dict[int, VideoRecord], ann_path: Path) -> None:
+    """Set each video's prompts from first_frame_annotations.json (one entry per track); every sequence of
+    the annotation file `ann_path` must have an entry."""
     data = load_json(path)
     seqs = parse_sequences(data, path)
+    seen: set[int] = set()
     for i, seq in enumerate(seqs):
-        where, video, index, pairs = sequence_entry(seq, i, path, videos, "not a sequence of all_classes.json")
+        where, video, index, pairs = sequence_entry(seq, i, path, videos, f"not a sequence of {ann_path.name}")
+        seen.add(video.meta["burst_id"])
+        where = f"{where} ({video.meta['dataset']}/{video.meta['seq_name']})"
         prompts: dict[int, Prompt] = {}
         for img, seg in pairs:
             if img not in index:
@@ -224,15 +273,19 @@ def _read_first_frame(path: Path, videos: dict[int, VideoRecord]) -> None:
                 ann = video.annotation_at(frame)
                 if ann is None or tid not in ann.track_ids:
                     raise AnnotationFormatError(f"{w}: all_classes.json has no mask of track {tid} at {img!r}")
-                bbox = require_key(value, "bbox", w, (list,))
-                if len(bbox) != 4:
-                    raise AnnotationFormatError(f"{w}: 'bbox' must be [x, y, w, h]")
-                point = _point(require_key(value, "point", w), w)
-                prompts[tid] = Prompt(track_id=tid, frame=frame, point=point, bbox=tuple(float(b) for b in bbox))
+                bbox = _bbox(value, w)
+                point = _point(require_key(value, "point", w), video.height, video.width, w)
+                prompts[tid] = Prompt(track_id=tid, frame=frame, point=point, bbox=bbox)
         missing = sorted(set(t for a in video.annotations for t in a.track_ids) - set(prompts))
         if missing:
             raise AnnotationFormatError(f"{where}: track {missing[0]} has no first-frame annotation")
         video.prompts = [prompts[t] for t in sorted(prompts)]
+    for sid, video in videos.items():
+        if sid not in seen:
+            raise AnnotationFormatError(
+                f"{path}: no entry for sequence {sid} ({video.meta['dataset']}/{video.meta['seq_name']}) "
+                f"of {ann_path}; every sequence needs its first-frame annotations"
+            )
 
 
 def read(
@@ -259,7 +312,7 @@ def read(
     ff_path = root / split / "first_frame_annotations.json" if first_frame_file in (None, True) else first_frame_file
     use_ff = first_frame_file is not False and (first_frame_file is not None or Path(ff_path).is_file())
     if use_ff:
-        _read_first_frame(Path(ff_path), {v.meta["burst_id"]: v for v in videos})
+        _read_first_frame(Path(ff_path), {v.meta["burst_id"]: v for v in videos}, ann_path)
     else:
         for v in videos:
             v.prompts = _first_appearance_prompts(v)
