@@ -199,22 +199,156 @@ def test_writer_requires_six_frames(tmp_path):
     assert cityscapes_vps.read(tmp_path, "val").videos[0].video_id == "0007"
 
 
-def test_all_frames_from_img_all(written):
-    root, videos = written
-    all_dir = root / "val" / "img_all"
-    all_dir.mkdir()
-    for vid in ("0001", "0002"):
+def _official_img_all(root, split, vids=("0001", "0002"), shuffle=True):
+    """img_all/ + im_all_info_<split>_city_vps.json as the official fetch_city_images.py leaves them: raw
+    Cityscapes-sequence file names (no <vid>_<frame>_ prefix), numeric ids video * 10000 + frame."""
+    all_dir = root / split / "img_all"
+    all_dir.mkdir(parents=True)
+    images = []
+    for vid in vids:
         for f in range(30):
-            name = f"{vid}_{f:04d}_synthetic_{int(vid):06d}_{f:06d}_leftImg8bit.png"
+            name = f"synthetic_{int(vid):06d}_{f:06d}_leftImg8bit.png"
             Image.fromarray(np.full((64, 80, 3), f, np.uint8)).save(all_dir / name)
+            images.append({"id": int(vid) * 10000 + f, "file_name": name, "height": 64, "width": 80})
+    if shuffle:
+        images = images[::-1]  # listing order does not matter: frames are ordered by id % 10000
+    (root / f"im_all_info_{split}_city_vps.json").write_text(json.dumps({"images": images}))
+    return all_dir
+
+
+def test_all_frames_from_official_img_all(written, tmp_path):
+    root, videos = written
+    all_dir = _official_img_all(root, "val")
     record = cityscapes_vps.read(root, "val", all_frames=True)
     vrec = record.videos[0]
     assert vrec.num_frames == 30 and vrec.annotated_frames == [0, 5, 10, 15, 20, 25]
-    assert vrec.frames.paths[7].parent == all_dir
+    assert vrec.frames.paths[7] == all_dir / "synthetic_000001_000007_leftImg8bit.png"
+    assert vrec.meta["image_ids"][10] == "0001_0010_synthetic_000001_000010"
     np.testing.assert_array_equal(vrec.annotation_at(10).decode().semantic, videos[0].semantic_maps[2])
-    (all_dir / "0002_0015_synthetic_000002_000015_leftImg8bit.png").unlink()
-    with pytest.raises(AnnotationFormatError, match="annotated frame 0002_0015_synthetic_000002_000015"):
+    assert {t: i.category_id for t, i in vrec.tracks.items()} == videos[0].track_categories
+    # results for the annotated frames of an all-frames record keep the GT image ids and order
+    preds = [panoptic_prediction(gt, [v.frames.names[f] for f in v.annotated_frames], video_id=v.video_id)
+             for gt, v in zip(videos, record.videos)]  # fmt: skip
+    out = cityscapes_vps.write_results(tmp_path / "res", preds, record)
+    assert [a["image_id"] for a in json.loads((out / "pred.json").read_text())["annotations"]] == [
+        a["image_id"] for a in _gt_json(root)["annotations"]
+    ]
+    assert len(cityscapes_vps.read_results(out, record)[1].panoptic_maps) == 6
+
+
+def test_all_frames_errors(written):
+    root, _ = written
+    with pytest.raises(MissingFileError, match="im_all_info_val_city_vps.json"):
         cityscapes_vps.read(root, "val", all_frames=True)
+    all_dir = _official_img_all(root, "val")
+    info = root / "im_all_info_val_city_vps.json"
+    text = info.read_text()
+    (all_dir / "synthetic_000002_000013_leftImg8bit.png").unlink()
+    with pytest.raises(MissingFileError, match="synthetic_000002_000013_leftImg8bit.png"):
+        cityscapes_vps.read(root, "val", all_frames=True)
+    edit_json(info, lambda d: d["images"].pop(next(i for i, im in enumerate(d["images"]) if im["id"] == 20015)))
+    msg = r"im_all_info_val_city_vps.json: video 0002 has no frame synthetic_000002_000015 \(annotated frame 0002_0015"
+    with pytest.raises(AnnotationFormatError, match=msg):
+        cityscapes_vps.read(root, "val", all_frames=True)
+    info.write_text(text)
+    edit_json(info, lambda d: d.update(images=[im for im in d["images"] if im["id"] // 10000 != 1]))
+    with pytest.raises(AnnotationFormatError, match=r"id // 10000 == 1 \(video 0001\)"):
+        cityscapes_vps.read(root, "val", all_frames=True)
+    info.write_text(text)
+    edit_json(info, lambda d: d["images"][3].update(id="10003"))
+    msg = r"im_all_info_val_city_vps.json: images\[3\]: field 'id' must be int"
+    with pytest.raises(AnnotationFormatError, match=msg):
+        cityscapes_vps.read(root, "val", all_frames=True)
+    edit_json(info, lambda d: d["images"][3].update(id=10004))
+    with pytest.raises(AnnotationFormatError, match=r"images\[\d+\]: duplicate image id 10004"):
+        cityscapes_vps.read(root, "val", all_frames=True)
+
+
+def test_prefixed_img_all_is_not_the_official_layout(written):
+    """img_all/<vid>_<frame>_... names without im_all_info json: not what the official scripts produce."""
+    root, _ = written
+    (root / "val" / "img_all").mkdir()
+    for p in (root / "val" / "img").iterdir():
+        (root / "val" / "img_all" / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(MissingFileError, match="im_all_info_val_city_vps.json: required JSON file"):
+        cityscapes_vps.read(root, "val", all_frames=True)
+
+
+def _test_split(tmp_path, keep_img=True):
+    """The released test split: panoptic_im_test_city_vps.json (annotated frames, no annotations), test/img
+    (fetched by fetch_city_images.py) and test/img_all + im_all_info_test_city_vps.json; no GT."""
+    videos = _videos()
+    cityscapes_vps.write_ground_truth(tmp_path, "test", videos, cityscapes_vps.default_categories())
+    gt = tmp_path / "panoptic_gt_test_city_vps.json"
+    edit_json(gt, lambda d: d.update(annotations=[], categories=[]), out=tmp_path / "panoptic_im_test_city_vps.json")
+    gt.unlink()
+    for p in (tmp_path / "test" / "panoptic_video").iterdir():
+        p.unlink()
+    (tmp_path / "test" / "panoptic_video").rmdir()
+    if not keep_img:
+        for p in (tmp_path / "test" / "img").iterdir():
+            p.unlink()
+        (tmp_path / "test" / "img").rmdir()
+    _official_img_all(tmp_path, "test")
+    return videos
+
+
+@pytest.mark.parametrize("all_frames", [False, True])
+def test_test_split_without_gt_writes_results(tmp_path, all_frames):
+    videos = _test_split(tmp_path / "data", keep_img=not all_frames)
+    record = cityscapes_vps.read(tmp_path / "data", "test", all_frames=all_frames)
+    assert [c.id for c in record.categories if c.isthing] == list(range(11, 19))  # defaults ('categories': [])
+    assert record.meta["ground_truth"] is False
+    assert [v.video_id for v in record.videos] == ["0001", "0002"]
+    for v in record.videos:
+        assert v.annotations == [] and v.tracks == {}
+        assert v.num_frames == (30 if all_frames else 6) and (v.height, v.width) == (64, 80)
+    frames = sorted(record.videos[1].meta["image_ids"])
+    assert frames == ([0, 5, 10, 15, 20, 25] if all_frames else list(range(6)))
+    preds = [panoptic_prediction(gt, [v.frames.names[f] for f in sorted(v.meta["image_ids"])], video_id=v.video_id)
+             for gt, v in zip(videos, record.videos)]  # fmt: skip
+    out = cityscapes_vps.write_results(tmp_path / "res", preds, record)
+    ids = [a["image_id"] for a in json.loads((out / "pred.json").read_text())["annotations"]]
+    assert len(ids) == 12 and ids == sorted(ids) and ids[1] == "0001_0005_synthetic_000001_000005"
+    assert (out / "pan_pred" / f"{ids[7]}.png").is_file()
+    back = cityscapes_vps.read_results(out, record)
+    np.testing.assert_array_equal(back[0].panoptic_maps[2][0], preds[0].panoptic_maps[2][0])
+
+
+def test_test_split_errors(tmp_path):
+    _test_split(tmp_path)
+    im_json = tmp_path / "panoptic_im_test_city_vps.json"
+    edit_json(im_json, lambda d: d["images"][2].pop("height"))
+    msg = r"panoptic_im_test_city_vps.json: images\[2\]: missing field 'height'"
+    with pytest.raises(AnnotationFormatError, match=msg):
+        cityscapes_vps.read(tmp_path, "test")
+    im_json.unlink()
+    with pytest.raises(MissingFileError, match="panoptic_gt_test_city_vps.json.*panoptic_im_test_city_vps.json"):
+        cityscapes_vps.read(tmp_path, "test")
+    with pytest.raises(MissingFileError, match="panoptic_gt_train_city_vps.json"):  # only test has no GT
+        cityscapes_vps.read(tmp_path, "train")
+
+
+@pytest.mark.parametrize("value", ["no", 2, None, 0.5])
+def test_error_iscrowd_not_boolean(written, value):
+    root, _ = written
+    _edit_json(root, lambda d: d["annotations"][4]["segments_info"][1].update(iscrowd=value))
+    msg = r"panoptic_gt_val_city_vps.json: annotations\[4\] segments_info\[1\] \(segment \d+\): 'iscrowd' must be"
+    with pytest.raises(AnnotationFormatError, match=msg):
+        cityscapes_vps.read(root, "val")
+
+
+def test_iscrowd_booleans_accepted(written):
+    root, videos = written
+    data = _gt_json(root)
+    for ann in data["annotations"]:
+        for s in ann["segments_info"]:
+            s["iscrowd"] = bool(s["iscrowd"])
+    (root / "panoptic_gt_val_city_vps.json").write_text(json.dumps(data))
+    record = cityscapes_vps.read(root, "val")
+    assert {t: i.category_id for t, i in record.videos[0].tracks.items()} == videos[0].track_categories
+    crowd = [s for s in data["annotations"][0]["segments_info"] if s["iscrowd"] is True]
+    assert crowd and crowd[0]["id"] not in record.videos[0].tracks
 
 
 def test_annotations_pickle_for_dataloader_workers(written):

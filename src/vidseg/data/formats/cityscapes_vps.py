@@ -1,8 +1,11 @@
 """Cityscapes-VPS (mcahny/vps): VPS ground truth (RGB-id PNGs + COCO-panoptic JSON) and VPQ results.
 
-Layout: ``<root>/<split>/img/<image_id>_leftImg8bit.png`` (annotated frames), optional
-``<root>/<split>/img_all/`` (all 30 frames), ``<root>/<split>/panoptic_video/<file_name>`` and
-``<root>/panoptic_gt_<split>_city_vps.json``. A video is the first 4 characters of the image id.
+Layout: ``<root>/<split>/img/<image_id>_leftImg8bit.png`` (annotated frames), ``<root>/<split>/panoptic_video/
+<file_name>`` and ``<root>/panoptic_gt_<split>_city_vps.json``; for ``all_frames=True``
+``<root>/im_all_info_<split>_city_vps.json`` + ``<root>/<split>/img_all/`` as the official
+``fetch_city_images.py`` writes them (raw Cityscapes names, see `_cityscapes_vps_frames`). A video is the
+first 4 characters of the image id. The test split has no GT: it is read from
+``panoptic_im_test_city_vps.json`` (its annotated frames, no annotations) so results can be written for it.
 
 Track ids: the panoptic segment id of every non-crowd thing segment (the official GT keeps a raw instance's
 id over its whole video). Crowd segments are not tracks: their pixels are thing-class pixels of `semantic`
@@ -14,10 +17,21 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from vidseg.data.formats._cityscapes_vps_frames import (
+    AllFrames,
+    images_json_path,
+    parse_images,
+)
+from vidseg.data.formats._cityscapes_vps_parse import (
+    Segment,
+    decode_frame,
+    parse_categories,  # also used by the VIPSeg readers
+    parse_segments,
+)
 from vidseg.data.formats.common import (
     check_unique,
     load_json,
@@ -29,7 +43,6 @@ from vidseg.data.formats.common import (
 from vidseg.data.formats.vps_common import (
     MAX_SEGMENT_ID,
     SegmentIds,
-    category_from_json,
     check_ground_truth,
     check_listed_ids,
     check_panoptic_values,
@@ -47,9 +60,9 @@ from vidseg.data.records import (
     Category,
     DatasetRecord,
     FrameAnnotation,
-    FrameLabels,
     FrameSource,
     GroundTruthVideo,
+    MissingFileError,
     TrackInfo,
     VideoPrediction,
     VideoRecord,
@@ -59,6 +72,7 @@ FORMAT = "cityscapes_vps"
 THING_IDS = tuple(range(11, 19))
 IMAGE_SUFFIX = "_leftImg8bit.png"
 PNG_SUFFIX = "_gtFine_color.png"
+NO_GT_SPLITS = ("test",)  # official splits whose panoptic GT is not released
 
 
 def default_categories() -> list[Category]:
@@ -70,143 +84,116 @@ def gt_json_path(root: Path, split: str) -> Path:
     return Path(root) / f"panoptic_gt_{split}_city_vps.json"
 
 
-def image_id_of(file_name: str) -> str:
-    """Image id = file name without its last two '_' parts (``..._leftImg8bit.png``)."""
-    return file_name.rsplit("_", 2)[0] if file_name.count("_") >= 2 else Path(file_name).stem
+class _Entry(NamedTuple):
+    """One annotated frame: image id, image file name, size, and its GT PNG + segments (None without GT)."""
 
-
-def _rgb_color(color: Any) -> tuple[int, ...] | None:
-    """A category's color as an int triple when it is a list of three values, else None."""
-    return tuple(int(v) for v in color) if isinstance(color, list) and len(color) == 3 else None
-
-
-def parse_categories(raw: Any, where: str) -> list[Category]:
-    if not isinstance(raw, list) or not raw:
-        raise AnnotationFormatError(f"{where}: 'categories' must be a non-empty list")
-    cats = []
-    for i, c in enumerate(raw):
-        cats.append(category_from_json(c, f"{where}: categories[{i}]", _rgb_color))
-    check_unique((c.id for c in cats), where, "category id")
-    return cats
-
-
-def parse_segments(raw: Any, cat_ids: set[int], where: str) -> tuple[tuple[int, int, int, int | None], ...]:
-    """segments_info -> ((id, category_id, iscrowd, area or None), ...), validated."""
-    if not isinstance(raw, list):
-        raise AnnotationFormatError(f"{where}: 'segments_info' must be a list")
-    out = []
-    for j, s in enumerate(raw):
-        w = f"{where} segments_info[{j}]"
-        sid = require_key(s, "id", w, int)
-        cid = require_key(s, "category_id", w, int)
-        if not 0 < sid <= MAX_SEGMENT_ID:
-            raise AnnotationFormatError(f"{w}: segment id {sid} outside 1..{MAX_SEGMENT_ID}")
-        if cid not in cat_ids:
-            raise AnnotationFormatError(f"{w}: unknown category_id {cid}")
-        area = s.get("area")
-        if area is not None and not isinstance(area, int):
-            raise AnnotationFormatError(f"{w}: 'area' must be an int")
-        out.append((sid, cid, int(bool(s.get("iscrowd", 0))), area))
-    check_unique((s[0] for s in out), where, "segment id")
-    return tuple(out)
-
-
-def decode_frame(
-    path: Path, *, size: tuple[int, int], segments: tuple[tuple[int, int, int, int | None], ...],
-    thing_ids: tuple[int, ...],
-) -> FrameLabels:  # fmt: skip
-    """FrameLabels of one RGB-id PNG; every non-zero id must be listed in segments_info and vice versa,
-    listed areas must equal the pixel counts."""
-    ids = read_id_png(path, size)
-    uniq, counts = check_listed_ids(ids, (s[0] for s in segments), str(path))
-    count_of = dict(zip(uniq.tolist(), counts.tolist()))
-    for sid, _, _, area in segments:
-        if area is not None and area != count_of[sid]:
-            raise AnnotationFormatError(f"{path}: segment {sid} has area {area} in the JSON, {count_of[sid]} px")
-    seg_class = {s[0]: s[1] for s in segments}
-    track_of = {s[0]: s[0] for s in segments if s[1] in thing_ids and not s[2]}
-    semantic, masks = labels_from_ids(ids, seg_class, track_of)
-    return FrameLabels(masks=masks, semantic=semantic, void=ids == 0)
+    image_id: str
+    file_name: str
+    height: int
+    width: int
+    png: Path | None = None
+    segments: tuple[Segment, ...] | None = None
 
 
 def read(root: Path, split: str, *, all_frames: bool = False, **options: Any) -> DatasetRecord:
     """Read a Cityscapes-VPS split from its panoptic GT JSON. Frames = the annotated frames of `img/`
-    (all frames of `img_all/` with `all_frames=True`). PNGs are checked against segments_info on decode."""
+    (all frames listed in ``im_all_info_<split>_city_vps.json``, from `img_all/`, with `all_frames=True`).
+    PNGs are checked against segments_info on decode. The test split (no GT released) is read from
+    ``panoptic_im_test_city_vps.json``: videos with frames and no annotations, for `write_results`."""
     if options:
         raise TypeError(f"cityscapes_vps.read: unknown options {sorted(options)}")
     root = Path(root)
     json_path = gt_json_path(root, split)
+    if split in NO_GT_SPLITS and not json_path.is_file():
+        im_path = images_json_path(root, split)
+        if not im_path.is_file():
+            raise MissingFileError(f"{json_path}: required GT JSON does not exist (nor {im_path}, the frame list)")
+        return _read_without_gt(root, split, im_path, all_frames)
     data = load_json(json_path)
     where = str(json_path)
     cats = parse_categories(require_key(data, "categories", where, list), where)
     cat_ids = {c.id for c in cats}
-    things = tuple(c.id for c in cats if c.isthing)
-    img_dir = require_dir(root / split / "img", "Cityscapes-VPS img folder")
     pan_dir = require_dir(root / split / "panoptic_video", "Cityscapes-VPS panoptic_video folder")
-    images = {}
-    for i, im in enumerate(require_key(data, "images", where, list)):
-        w = f"{where}: images[{i}]"
-        iid = require_key(im, "id", w, str)
-        if iid in images:
-            raise AnnotationFormatError(f"{w}: duplicate image id {iid!r}")
-        images[iid] = (require_key(im, "file_name", w, str), require_key(im, "height", w, int),
-                       require_key(im, "width", w, int))  # fmt: skip
-    per_video: dict[str, list[tuple]] = {}
-    order = []
+    images = parse_images(require_key(data, "images", where, list), where)
+    entries: list[_Entry] = []
     for i, ann in enumerate(require_key(data, "annotations", where, list)):
         w = f"{where}: annotations[{i}]"
         iid = require_key(ann, "image_id", w, str)
         if iid not in images:
             raise AnnotationFormatError(f"{w}: image_id {iid!r} is not in 'images'")
-        file_name, height, width = images[iid]
         png = require_file(pan_dir / require_key(ann, "file_name", w, str), f"panoptic PNG of {iid}")
-        image = require_file(img_dir / file_name, f"frame of annotation {iid}")
         segments = parse_segments(require_key(ann, "segments_info", w, list), cat_ids, w)
-        per_video.setdefault(iid[:4], []).append((image, png, segments, height, width, iid))
-        order.append(iid)
+        entries.append(_Entry(iid, *images[iid], png, segments))
+    order = [e.image_id for e in entries]
     check_unique(order, where, "annotation image_id")
+    return _dataset(root, split, json_path, entries, cats, order, all_frames)
+
+
+def _read_without_gt(root: Path, split: str, im_path: Path, all_frames: bool) -> DatasetRecord:
+    """A split without GT: the annotated frames of ``panoptic_im_<split>_city_vps.json`` (categories from it
+    when listed, else the 19 defaults), no annotations; results follow the sorted file-name order."""
+    data = load_json(im_path)
+    where = str(im_path)
+    raw_cats = data.get("categories") if isinstance(data, dict) else None
+    cats = parse_categories(raw_cats, where) if raw_cats else default_categories()
+    images = parse_images(require_key(data, "images", where, list), where)
+    entries = sorted((_Entry(iid, *im) for iid, im in images.items()), key=lambda e: e.file_name)
+    if not entries:
+        raise AnnotationFormatError(f"{where}: 'images' is empty")
+    return _dataset(root, split, im_path, entries, cats, [e.image_id for e in entries], all_frames)
+
+
+def _dataset(
+    root: Path, split: str, json_path: Path, entries: list[_Entry], cats: list[Category], order: list[str],
+    all_frames: bool,
+) -> DatasetRecord:  # fmt: skip
+    things = tuple(c.id for c in cats if c.isthing)
+    per_video: dict[str, list[_Entry]] = {}
+    for e in entries:
+        per_video.setdefault(e.image_id[:4], []).append(e)
+    every = AllFrames.load(root, split) if all_frames else None
+    img_dir = None if all_frames else require_dir(root / split / "img", "Cityscapes-VPS img folder")
     videos = []
-    for vid, entries in per_video.items():
-        entries.sort(key=lambda e: e[0].name)
-        videos.append(_video_record(root, split, vid, entries, things, all_frames))
+    for vid, group in per_video.items():
+        group.sort(key=lambda e: e.file_name)
+        if every is not None:
+            paths, positions = every.frames_of(vid, [e.file_name for e in group])
+        else:
+            paths = [require_file(img_dir / e.file_name, f"frame {e.image_id}") for e in group]
+            positions = list(range(len(group)))
+        videos.append(_video_record(json_path, vid, group, paths, positions, things))
     return DatasetRecord(
         name=FORMAT, format=FORMAT, split=split, root=root, categories=cats, videos=videos,
-        meta={"annotation_order": order, "thing_ids": list(things)},
+        meta={"annotation_order": order, "thing_ids": list(things),
+              "ground_truth": any(e.png is not None for e in entries)},
     )  # fmt: skip
 
 
 def _video_record(
-    root: Path, split: str, vid: str, entries: list[tuple], things: tuple[int, ...], all_frames: bool
-) -> VideoRecord:
-    sizes = {(e[3], e[4]) for e in entries}
+    json_path: Path, vid: str, entries: list[_Entry], paths: list[Path], positions: list[int],
+    things: tuple[int, ...],
+) -> VideoRecord:  # fmt: skip
+    sizes = {(e.height, e.width) for e in entries}
     if len(sizes) != 1:
-        raise AnnotationFormatError(f"{gt_json_path(root, split)}: video {vid} has frames of sizes {sorted(sizes)}")
+        raise AnnotationFormatError(f"{json_path}: video {vid} has frames of sizes {sorted(sizes)}")
     height, width = sizes.pop()
-    if all_frames:
-        all_dir = require_dir(root / split / "img_all", "Cityscapes-VPS img_all folder")
-        paths = sorted(p for p in all_dir.glob(f"{vid}_*.png") if p.is_file())
-    else:
-        paths = [e[0] for e in entries]
-    index = {p.name: i for i, p in enumerate(paths)}
     tracks: dict[int, TrackInfo] = {}
     annotations = []
-    for image, png, segments, _, _, iid in entries:
-        if image.name not in index:
-            raise AnnotationFormatError(f"{root / split / 'img_all'}: annotated frame {image.name} is missing")
+    for e, frame in zip(entries, positions):
+        if e.png is None or e.segments is None:
+            continue
         tids = []
-        for sid, cid, crowd, _ in segments:
+        for sid, cid, crowd, _ in e.segments:
             if cid in things and not crowd:
                 known = tracks.setdefault(sid, TrackInfo(track_id=sid, category_id=cid))
                 if known.category_id != cid:
                     raise AnnotationFormatError(
-                        f"{gt_json_path(root, split)}: {iid}: segment {sid} has category {cid}, "
+                        f"{json_path}: {e.image_id}: segment {sid} has category {cid}, "
                         f"category {known.category_id} in an earlier frame of video {vid}"
                     )
                 tids.append(sid)
-        decoder = partial(decode_frame, size=(height, width), segments=segments, thing_ids=things)
-        annotations.append(
-            FrameAnnotation(frame=index[image.name], label_map=png, decoder=decoder, track_ids=frozenset(tids))
-        )
+        decoder = partial(decode_frame, size=(height, width), segments=e.segments, thing_ids=things)
+        annotations.append(FrameAnnotation(frame=frame, label_map=e.png, decoder=decoder, track_ids=frozenset(tids)))
     return VideoRecord(
         video_id=vid,
         frames=FrameSource(kind="images", paths=paths, names=[p.stem for p in paths]),
@@ -214,8 +201,13 @@ def _video_record(
         width=width,
         tracks=dict(sorted(tracks.items())),
         annotations=sorted(annotations, key=lambda a: a.frame),
-        meta={"image_ids": {index[e[0].name]: e[5] for e in entries}},
+        meta={"image_ids": {frame: e.image_id for e, frame in zip(entries, positions)}},
     )
+
+
+def _result_frames(video: VideoRecord) -> list[int]:
+    """Frames that get results: the annotated frames (those of the image list when the split has no GT)."""
+    return sorted(video.meta["image_ids"])
 
 
 def _video_names(videos: list[GroundTruthVideo]) -> list[str]:
@@ -312,10 +304,11 @@ def write_results(out: Path, predictions: list[VideoPrediction], dataset: Datase
     entries: dict[str, dict] = {}
     for vid, video in videos.items():
         pred = by_id[vid]
-        positions = prediction_frames(pred, video, video.annotated_frames, where)
+        frames = _result_frames(video)
+        positions = prediction_frames(pred, video, frames, where)
         maps = prediction_panoptic_maps(pred, where)
         seg_ids = SegmentIds()
-        for f, p in zip(video.annotated_frames, positions):
+        for f, p in zip(frames, positions):
             image_id = video.meta["image_ids"][f]
             sem, inst = maps[p]
             check_panoptic_values(sem, inst, known, f"{where}: {image_id}")
@@ -361,10 +354,10 @@ def read_results(path: Path, dataset: DatasetRecord) -> list[VideoPrediction]:
     out = []
     for video in dataset.videos:
         got = frames.get(video.video_id, {})
-        if sorted(got) != video.annotated_frames:
+        if sorted(got) != _result_frames(video):
             raise AnnotationFormatError(
                 f"{where}: video {video.video_id} has predictions for frames {sorted(got)}, "
-                f"expected the annotated frames {video.annotated_frames}"
+                f"expected the annotated frames {_result_frames(video)}"
             )
         out.append(
             VideoPrediction(
