@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from vidseg.data.records import (
     Category,
     CorruptMediaError,
     MissingFileError,
+    VideoPrediction,
 )
 
 BALL, GROUND, WALL, PERSON, CAR = 0, 1, 2, 3, 4
@@ -138,7 +140,7 @@ def _raw_written(tmp_path):
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        (200, "thing code of stuff category 1"),
+        (300, "thing code of stuff category 2"),
         (12600, "thing code with 1-based category 126 > 124"),
         (4, "stuff value of thing category 3"),
         (9, "stuff value of unknown category 8"),
@@ -215,3 +217,129 @@ def test_annotations_pickle_for_dataloader_workers(written):
     ann = vipseg.read(root, "val").videos[0].annotations[3]
     labels = pickle.loads(pickle.dumps(ann)).decode()
     np.testing.assert_array_equal(labels.masks[125], videos[0].instance_maps[3] == 5)
+
+
+def test_erratum_value_200_is_void_with_warning(tmp_path):
+    # VIPSeg-Dataset issue #1: 353_-5sqmCF8OFU/00000392.png holds 200 (thing code of a stuff class) = void
+    root = _raw_written(tmp_path)
+    path = root / "panomasks" / "7_x-y_z" / "00000002.png"
+    raw = np.array(Image.open(path)).astype(np.uint16)
+    raw[50:52, 5:8] = 200
+    Image.fromarray(raw).save(path)
+    with pytest.warns(vipseg.VIPSegErratumWarning, match=r"7_x-y_z/00000002\.png: 6 pixels of .*value 200") as rec:
+        record = vipseg.read(root, "val")
+    assert len([w for w in rec if issubclass(w.category, vipseg.VIPSegErratumWarning)]) == 1
+    assert issubclass(vipseg.VIPSegErratumWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # decoding later does not warn again
+        labels = record.videos[1].annotations[2].decode()
+    assert labels.void[50:52, 5:8].all() and (labels.semantic[50:52, 5:8] == IGNORE_LABEL).all()
+    assert 200 not in labels.masks and 200 not in record.videos[1].tracks
+    assert not any(m[50:52, 5:8].any() for m in labels.masks.values())
+    other = root / "panomasks" / "7_x-y_z" / "00000003.png"
+    raw = np.array(Image.open(other)).astype(np.uint16)
+    raw[0, 0] = 300
+    Image.fromarray(raw).save(other)
+    with (
+        pytest.warns(vipseg.VIPSegErratumWarning),
+        pytest.raises(
+            AnnotationFormatError,
+            match=r"00000003\.png: undecodable panomask value 300 \(thing code of stuff category 2",
+        ),
+    ):
+        vipseg.read(root, "val")
+
+
+def _raw_sized(root, h, w, frames=2):
+    """A raw-layout val split with one video of h x w frames (ground + one person track)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "panoVIPSeg_categories.json").write_text(json.dumps(
+        [{"id": c.id, "name": c.name, "isthing": int(c.isthing), "color": [1, 2, 3]} for c in CATS]
+    ))  # fmt: skip
+    (root / "val.txt").write_text("v\n")
+    for folder in ("imgs", "panomasks"):
+        (root / folder / "v").mkdir(parents=True)
+    for t in range(frames):
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(root / "imgs" / "v" / f"{t:08d}.jpg")
+        mask = np.full((h, w), GROUND + 1, np.uint16)
+        mask[: h // 3, : w // 3] = (PERSON + 1) * 100
+        Image.fromarray(mask).save(root / "panomasks" / "v" / f"{t:08d}.png")
+    return vipseg.read(root, "val")
+
+
+def _random_prediction(video, seed=0):
+    rng = np.random.default_rng(seed)
+    maps = []
+    for _ in video.frames.names:
+        sem = rng.choice([GROUND, WALL, PERSON, CAR], size=(video.height, video.width)).astype(np.int32)
+        inst = np.where(np.isin(sem, [PERSON, CAR]), rng.integers(1, 4, size=sem.shape), 0).astype(np.int32)
+        maps.append((sem, inst))
+    return VideoPrediction(video_id=video.video_id, height=video.height, width=video.width,
+                           frame_names=list(video.frames.names), panoptic_maps=maps)  # fmt: skip
+
+
+def _decoded_pngs(out, video):
+    """(semantic, id) maps of the written pan_pred PNGs, through pred.json's segments_info."""
+    entry = json.loads((out / "pred.json").read_text())["annotations"][0]
+    got = []
+    for fr in entry["annotations"]:
+        rgb = np.array(Image.open(out / "pan_pred" / video.video_id / fr["file_name"])).astype(np.int64)
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        cls = {s["id"]: s["category_id"] for s in fr["segments_info"]}
+        assert set(np.unique(ids).tolist()) - {0} == set(cls)
+        lut = np.full(int(ids.max()) + 1, IGNORE_LABEL, dtype=np.int64)
+        lut[list(cls)] = list(cls.values())
+        got.append((lut[ids], ids))
+    return got
+
+
+@pytest.mark.parametrize("size", ["720p", "source"])
+def test_results_raw_layout_written_at_official_720p(tmp_path, size):
+    record = _raw_sized(tmp_path / "data", 360, 640)
+    video = record.videos[0]
+    pred = _random_prediction(video)
+    out = vipseg.write_results(tmp_path / "res", [pred], record, **({} if size == "720p" else {"size": size}))
+    factor = 2 if size == "720p" else 1
+    for (sem, inst), (got_sem, ids) in zip(pred.panoptic_maps, _decoded_pngs(out, video)):
+        assert ids.shape == (360 * factor, 640 * factor)
+        up = (np.repeat(np.repeat(sem, factor, 0), factor, 1), np.repeat(np.repeat(inst, factor, 0), factor, 1))
+        np.testing.assert_array_equal(got_sem, up[0])
+        assert same_partition(ids[None], (up[0].astype(np.int64) * 10 + up[1])[None])
+    back = vipseg.read_results(out, record)[0]
+    for (sem, inst), (bsem, binst) in zip(pred.panoptic_maps, back.panoptic_maps):
+        np.testing.assert_array_equal(bsem, sem)
+        np.testing.assert_array_equal(binst > 0, inst > 0)
+
+
+def test_results_720p_size_truncates_like_change2_720p(tmp_path):
+    record = _raw_sized(tmp_path / "data", 7, 10)  # 720 * 10 / 7 = 1028.57: int() gives 1028, round() 1029
+    video = record.videos[0]
+    pred = _random_prediction(video, seed=1)
+    out = vipseg.write_results(tmp_path / "res", [pred], record)
+    ys, xs = (np.arange(720) + 0.5) * 7 / 720, (np.arange(1028) + 0.5) * 10 / 1028
+    for (sem, _), (got_sem, ids) in zip(pred.panoptic_maps, _decoded_pngs(out, video)):
+        assert ids.shape == (720, 1028)
+        np.testing.assert_array_equal(got_sem, sem[np.floor(ys).astype(int)][:, np.floor(xs).astype(int)])
+    assert [p.panoptic_maps[0][0].shape for p in vipseg.read_results(out, record)] == [(7, 10)]
+
+
+def test_results_720p_frames_and_bad_size_option(tmp_path):
+    record = _raw_sized(tmp_path / "data", 720, 8, frames=1)
+    out = vipseg.write_results(tmp_path / "res", [_random_prediction(record.videos[0])], record)
+    with Image.open(out / "pan_pred" / "v" / "00000000.png") as im:
+        assert im.size == (8, 720)
+    with pytest.raises(ValueError, match="size must be one of"):
+        vipseg.write_results(tmp_path / "res2", [_random_prediction(record.videos[0])], record, size="1080p")
+    Image.fromarray(np.zeros((10, 8, 3), np.uint8)).save(out / "pan_pred" / "v" / "00000000.png")
+    with pytest.raises(CorruptMediaError, match=r"00000000\.png: PNG size 10x8"):
+        vipseg.read_results(out, record)
+
+
+def test_results_converted_layout_keep_frame_size(written, tmp_path):
+    root, videos = written
+    record = vipseg.read(root, "val")
+    preds = [panoptic_prediction(gt, v.frames.names) for gt, v in zip(videos, record.videos)]
+    out = vipseg.write_results(tmp_path / "res", preds, record)
+    with Image.open(out / "pan_pred" / "7_x-y_z" / "00000000.png") as im:
+        expected = (80, 64) if record.meta["layout"] == "converted" else (900, 720)  # int(720 * 80 / 64)
+        assert im.size == expected

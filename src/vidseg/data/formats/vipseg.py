@@ -9,11 +9,18 @@ Converted layout (``create_panoptic_video_labels.py`` + ``splitjson.py``): ``ima
 ``panomasksRGB/<video>/<frame>.png`` (RGB ids) and ``panoptic_gt_VIPSeg_<split>.json``; it is read when
 that JSON exists (or with ``layout="converted"``). Track id = the RGB segment id of a thing segment.
 
-Results: ``<out>/pan_pred/<video>/<GT file_name>`` (RGB ids) + ``<out>/pred.json``.
+Dataset erratum: the released val panomask ``panomasks/353_-5sqmCF8OFU/00000392.png`` holds raw value 200
+(a thing code of the stuff category ceiling); the maintainers confirmed it is a bug and the value is void
+(VIPSeg-Dataset issue #1). Raw value 200, where it is undecodable, is read as void with a
+`VIPSegErratumWarning` naming the file and the pixel count; every other undecodable value is an error.
+
+Results: ``<out>/pan_pred/<video>/<GT file_name>`` (RGB ids) + ``<out>/pred.json``, by default at the size of
+the GT the official metrics read (raw layout: the ``change2_720p.py`` size, see `write_results`).
 """
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache, partial
 from pathlib import Path
@@ -22,13 +29,13 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from vidseg.data.formats.cityscapes_vps import parse_categories, parse_segments
+from vidseg.data.formats import _vipseg_results
+from vidseg.data.formats.cityscapes_vps import parse_categories
 from vidseg.data.formats.common import (
     check_unique,
     davis_palette,
     load_json,
     read_png,
-    require_key,
     write_json_atomic,
 )
 from vidseg.data.formats.vipseg_converted import (
@@ -38,17 +45,10 @@ from vidseg.data.formats.vipseg_converted import (
     read_converted,
 )
 from vidseg.data.formats.vps_common import (
-    SegmentIds,
     check_ground_truth,
-    check_listed_ids,
     check_name,
-    check_panoptic_values,
     frames_of_video,
     label_files,
-    labels_from_ids,
-    prediction_frames,
-    prediction_panoptic_maps,
-    read_id_png,
     read_split_list,
     scanned_annotations,
     write_frame,
@@ -68,6 +68,11 @@ from vidseg.data.records import (
 FORMAT = "vipseg"
 CATEGORIES_FILE = "panoVIPSeg_categories.json"
 NUM_CODES = 2**16
+ERRATUM_VALUE = 200  # VIPSeg-Dataset issue #1: stray value in 353_-5sqmCF8OFU/00000392.png, confirmed void
+
+
+class VIPSegErratumWarning(UserWarning):
+    """A documented VIPSeg dataset erratum was repaired while reading (see the module docstring)."""
 
 
 def load_categories(root: Path) -> list[Category]:
@@ -107,14 +112,27 @@ def _why_undecodable(v: int, isthing: dict[int, bool]) -> str:
 
 
 def read_raw_mask(
-    path: Path, size: tuple[int, int] | None, vocabulary: tuple[tuple[int, bool], ...]
+    path: Path, size: tuple[int, int] | None, vocabulary: tuple[tuple[int, bool], ...], *, warn: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(raw values int64, semantic int32) of a raw panomask; undecodable values raise naming file/value."""
+    """(raw values int64, semantic int32) of a raw panomask; undecodable values raise naming file/value,
+    except the documented erratum value 200 (set to void 0, with a `VIPSegErratumWarning` if `warn`)."""
     raw = read_png(path, channels=1, size=size).astype(np.int64)
     if raw.min(initial=0) < 0 or raw.max(initial=0) >= NUM_CODES:
         raise AnnotationFormatError(f"{path}: panomask value {int(raw.max())} outside 0..{NUM_CODES - 1}")
     semantic = _raw_lut(vocabulary)[raw]
     bad = semantic < 0
+    erratum = bad & (raw == ERRATUM_VALUE)
+    if erratum.any():
+        if warn:
+            warnings.warn(
+                f"{path}: {int(erratum.sum())} pixels of undecodable panomask value {ERRATUM_VALUE} read as void "
+                "(known VIPSeg dataset erratum, VIPSeg-Dataset issue #1)",
+                VIPSegErratumWarning,
+                stacklevel=2,
+            )
+        raw[erratum] = 0
+        semantic[erratum] = IGNORE_LABEL
+        bad &= ~erratum
     if bad.any():
         v = int(raw[bad][0])
         raise AnnotationFormatError(f"{path}: undecodable panomask value {v} ({_why_undecodable(v, dict(vocabulary))})")
@@ -123,7 +141,7 @@ def read_raw_mask(
 
 def decode_raw_mask(path: Path, *, size: tuple[int, int], vocabulary: tuple[tuple[int, bool], ...]) -> FrameLabels:
     """FrameLabels of a raw panomask: masks keyed by raw thing value, semantic 0-based, void = value 0."""
-    raw, semantic = read_raw_mask(path, size, vocabulary)
+    raw, semantic = read_raw_mask(path, size, vocabulary, warn=False)  # read() already warned
     masks = {int(v): raw == v for v in np.unique(raw[raw > MAX_STUFF_VALUE]).tolist()}
     return FrameLabels(masks=masks, semantic=semantic, void=raw == 0)
 
@@ -266,76 +284,22 @@ def write_ground_truth(
     return all_codes
 
 
-def write_results(out: Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any) -> Path:
-    """Write ``pan_pred/<video>/<GT file_name>`` and ``pred.json`` (one entry per video in dataset order,
-    one segments_info list per annotated frame in GT order, stuff listed first). Every video needs one."""
-    if options:
-        raise TypeError(f"vipseg.write_results: unknown options {sorted(options)}")
-    out = Path(out)
-    where = f"{out} ({FORMAT} results)"
-    by_id = {p.video_id: p for p in predictions}
-    known_videos = {v.video_id for v in dataset.videos}
-    unknown = sorted(set(by_id) - known_videos)
-    missing = [v.video_id for v in dataset.videos if v.video_id not in by_id]
-    if unknown or missing:
-        raise AnnotationFormatError(f"{where}: predictions for unknown videos {unknown}, none for {missing}")
-    things = {c.id for c in dataset.categories if c.isthing}
-    known = [c.id for c in dataset.categories]
-    entries = []
-    for video in dataset.videos:
-        pred = by_id[video.video_id]
-        positions = prediction_frames(pred, video, video.annotated_frames, where)
-        maps = prediction_panoptic_maps(pred, where)
-        seg_ids = SegmentIds()
-        frame_entries = []
-        for f, p in zip(video.annotated_frames, positions):
-            file_name = video.meta["file_names"][f]
-            sem, inst = maps[p]
-            check_panoptic_values(sem, inst, known, f"{where}: {video.video_id}/{file_name}")
-            ids, segments = seg_ids.encode(sem, inst, things)
-            write_id_png(out / "pan_pred" / video.video_id / file_name, ids)
-            frame_entries.append({"image_id": video.frames.names[f], "file_name": file_name,
-                                  "segments_info": segments})  # fmt: skip
-        entries.append({"video_id": video.video_id, "annotations": frame_entries})
-    write_json_atomic(out / "pred.json", {"annotations": entries})
-    return out
+def write_results(
+    out: Path,
+    predictions: list[VideoPrediction],
+    dataset: DatasetRecord,
+    *,
+    size: Literal["720p", "source"] = "720p",
+    **options: Any,
+) -> Path:
+    """Write ``pan_pred/<video>/<GT file_name>`` and ``pred.json``. ``size="720p"`` (default) resizes the
+    predictions of raw-layout data (nearest neighbour) to H = 720, W = ``int(720 * w / h)``, the size of the
+    official ``change2_720p.py`` GT the metrics read; ``size="source"`` keeps the frame size (see
+    `_vipseg_results.write_results`)."""
+    return _vipseg_results.write_results(out, predictions, dataset, size=size, **options)
 
 
 def read_results(path: Path, dataset: DatasetRecord) -> list[VideoPrediction]:
-    """Read ``pred.json`` + ``pan_pred/`` into panoptic_maps (semantic = segment category, instance =
-    segment id for thing categories, 0 for stuff). Frames pair with the GT annotated frames by position."""
-    path = Path(path)
-    folder = path.parent if path.suffix == ".json" else path
-    json_path = path if path.suffix == ".json" else folder / "pred.json"
-    data = load_json(json_path)
-    where = str(json_path)
-    cat_ids = {c.id for c in dataset.categories}
-    things = {c.id for c in dataset.categories if c.isthing}
-    videos = {v.video_id: v for v in dataset.videos}
-    got: dict[str, VideoPrediction] = {}
-    for i, entry in enumerate(require_key(data, "annotations", where, list)):
-        w = f"{where}: annotations[{i}]"
-        vid = require_key(entry, "video_id", w, str)
-        if vid not in videos or vid in got:
-            raise AnnotationFormatError(f"{w}: video_id {vid!r} is unknown or repeated")
-        video = videos[vid]
-        frames = require_key(entry, "annotations", w, list)
-        if len(frames) != len(video.annotated_frames):
-            raise AnnotationFormatError(f"{w}: {len(frames)} frames, the GT has {len(video.annotated_frames)}")
-        maps = []
-        for t, (fr, f) in enumerate(zip(frames, video.annotated_frames)):
-            wt = f"{w} annotations[{t}]"
-            segments = parse_segments(require_key(fr, "segments_info", wt, list), cat_ids, wt)
-            png = folder / "pan_pred" / vid / fr.get("file_name", video.meta["file_names"][f])
-            ids = read_id_png(png, (video.height, video.width))
-            check_listed_ids(ids, (s[0] for s in segments), str(png))
-            semantic, _ = labels_from_ids(ids, {s[0]: s[1] for s in segments}, {})
-            thing_ids = np.array([s[0] for s in segments if s[1] in things], dtype=np.int64)
-            maps.append((semantic, np.where(np.isin(ids, thing_ids), ids, 0).astype(np.int32)))
-        got[vid] = VideoPrediction(video_id=vid, height=video.height, width=video.width,
-                                   frame_names=[video.frames.names[f] for f in video.annotated_frames],
-                                   panoptic_maps=maps)  # fmt: skip
-    missing = [v for v in videos if v not in got]
-    if missing:
-        raise AnnotationFormatError(f"{where}: no predictions for videos {missing}")
-    return [got[v.video_id] for v in dataset.videos]
+    """Read ``pred.json`` + ``pan_pred/`` back at the frame size (720P PNGs are resized back; see
+    `_vipseg_results.read_results`)."""
+    return _vipseg_results.read_results(path, dataset)
