@@ -1,21 +1,29 @@
 """VidsegDataModule: the training loader continues at the checkpoint's micro-batch, takes rank/world/accumulation
-from the trainer, forwards epochs to the clip datasets; validation videos are sharded over ranks."""
+from the trainer, forwards epochs to the clip datasets; validation videos are sharded over ranks. Dataset specs
+(`data.datasets.<name>`) are checked: wrong keys, a missing format or task, unknown tasks, formats and reader
+options are errors naming the option; every shipped config passes."""
 
 from __future__ import annotations
 
+import inspect
 import pickle
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from vidseg.data.datamodule import RankShard, VidsegDataModule
+from vidseg.data.dataset_spec import EVAL_KEYS, SPEC_KEYS
+from vidseg.data.formats import get_format
 from vidseg.utils.launch import default_cache
 from vidseg.utils.run import build_datamodule
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+SRC = Path(__file__).resolve().parents[2] / "src" / "vidseg"
 
 
 def _datamodule(overrides: list[str] | None = None) -> VidsegDataModule:
@@ -139,3 +147,93 @@ def test_resize_on_device_auto_follows_the_trainers_device(monkeypatch: pytest.M
         assert dm.device_resizes() is expected
         assert dm._clip_dataset(next(iter(dm.specs))).transform.resize_on_device is expected
     assert _datamodule(["data.resize_on_device=false"]).device_resizes() is False
+
+
+# ------------------------------------------------------------------ dataset specs
+def _spec(drop: tuple[str, ...] = (), **changes: Any) -> dict[str, Any]:
+    """conf/data/synthetic_vos.yaml's spec with `changes` and without the keys `drop`."""
+    spec = OmegaConf.to_container(OmegaConf.load(CONF / "data" / "synthetic_vos.yaml"))["datasets"]["syn_davis"]
+    return {k: v for k, v in {**spec, **changes}.items() if k not in drop}
+
+
+@pytest.mark.parametrize(("key", "closest"), [("val_splt", "val_split"), ("optons", "options")])
+def test_misspelled_spec_key_is_named_with_the_closest_key(key: str, closest: str) -> None:
+    with pytest.raises(ValueError, match=rf"data\.datasets\.syn_davis\.{key}: unknown dataset option; did you mean "
+                                         rf"'{closest}'\?"):
+        _datamodule([f"+data.datasets.syn_davis.{key}={{}}"])
+
+
+def test_spec_without_format_is_named() -> None:
+    with pytest.raises(ValueError, match=r"data\.datasets\.d\.format is missing: .*ytvis, davis"):
+        VidsegDataModule({"d": _spec(drop=("format",))}, tasks=["vos"])
+
+
+def test_spec_without_task_takes_the_runs_single_task_else_is_named() -> None:
+    dm = VidsegDataModule(OmegaConf.create({"d": _spec(drop=("task",))}), tasks=["vos"])  # a DictConfig, as well
+    assert dm.task_of("d") == "vos"
+    for tasks in (None, ["vos", "vis"]):
+        with pytest.raises(ValueError, match=r"data\.datasets\.d\.task is missing: set one of vis, vss, vps"):
+            VidsegDataModule({"d": _spec(drop=("task",))}, tasks=tasks)
+
+
+def test_unknown_task_is_named() -> None:
+    with pytest.raises(ValueError, match=r"data\.datasets\.d\.task: unknown task 'viss'; did you mean .*known: vis, "):
+        VidsegDataModule({"d": _spec(task="viss"), "e": _spec()}, tasks=["vos"])  # even if this run skips it
+
+
+def test_unknown_format_is_named() -> None:
+    with pytest.raises(ValueError, match=r"data\.datasets\.d\.format: unknown dataset format 'ytvs'; did you mean "
+                                         r"'ytvos'\?"):
+        VidsegDataModule({"d": _spec(format="ytvs")}, tasks=["vos"])
+
+
+@pytest.mark.parametrize("fmt", ["ytvis", "davis", "ytvos", "burst", "kitti_step", "cityscapes_vps", "vipseg", "vspw",
+                                 "video"])
+def test_unknown_reader_option_is_named_with_the_readers_options(fmt: str) -> None:
+    params = list(inspect.signature(get_format(fmt).read).parameters.values())[2:]
+    accepted = [p.name for p in params if p.kind is not p.VAR_KEYWORD]
+    assert accepted
+    with pytest.raises(ValueError, match=rf"data\.datasets\.d\.options\.ann_fil: unknown option of format '{fmt}'"
+                                         rf".*\(valid: {', '.join(accepted)}\)") as err:
+        VidsegDataModule({"d": _spec(format=fmt, options={"ann_fil": "x"})}, tasks=["vos"])  # before any read
+    assert ("did you mean 'ann_file'" in str(err.value)) == ("ann_file" in accepted)
+
+
+@pytest.mark.parametrize(("block", "key", "closest"), [("eval", "shrt", "short"),
+                                                       ("synthetic", "videos_trian", "videos_train")])
+def test_misspelled_eval_or_synthetic_key_is_named(block: str, key: str, closest: str) -> None:
+    with pytest.raises(ValueError, match=rf"data\.datasets\.d\.{block}\.{key}: unknown .*did you mean '{closest}'"):
+        VidsegDataModule({"d": _spec(**{block: {key: 1}})}, tasks=["vos"])
+
+
+def test_training_without_sampler_is_named() -> None:
+    dm = _datamodule(["~data.datasets.syn_davis.sampler"])  # evaluation needs none
+    with pytest.raises(ValueError, match=r"data\.datasets\.syn_davis\.sampler is missing: clip sampler"):
+        dm.train_dataloader()
+
+
+def _shipped_configs() -> list[list[str]]:
+    data = [["task=multi", f"data={p.stem}"] for p in sorted((CONF / "data").glob("*.yaml"))]
+    experiments = [[f"experiment={p.stem}"] for p in sorted((CONF / "experiment").glob("*.yaml"))]
+    return data + experiments + [[f"debug={p.stem}"] for p in sorted((CONF / "debug").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("overrides", _shipped_configs(), ids=lambda o: o[-1])
+def test_every_shipped_dataset_spec_validates(overrides: list[str]) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["run_name=t", "paths.output_dir=/tmp", f"paths.cache_dir={default_cache()}",
+                                          *overrides])
+    if OmegaConf.is_missing(cfg.data, "root"):  # official layouts: data.root=??? until set
+        cfg.data.root = "/datasets"
+    dm = build_datamodule(cfg, list(cfg.tasks))  # validates every data.datasets entry; reads nothing
+    assert dm.specs and set(dm.specs) <= set(cfg.data.datasets)
+
+
+def test_spec_keys_are_the_keys_the_code_reads() -> None:
+    """SPEC_KEYS (what the validator accepts) against every spec key the datamodule, evaluation and inference read."""
+    code = "".join((SRC / f).read_text() for f in ("data/datamodule.py", "evaluate.py", "inference/loading.py"))
+    read = set(re.findall(r'\b(?:spec|specs\[\w+\]|v)(?:\.get\(|\[)"(\w+)"', code))
+    read |= set(re.findall(r'require\(\w+, \w+, "(\w+)"\)', code))
+    read |= set(re.findall(r'\*\*dict\(spec\.get\("(\w+)"\)', code))
+    assert read == set(SPEC_KEYS)
+    assert set(re.findall(r'\bev\.get\("(\w+)"', code)) == set(EVAL_KEYS)

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from vidseg.data.collate import collate_clips
+from vidseg.data.dataset_spec import require, validate_specs
 from vidseg.data.formats import get_format
 from vidseg.data.handover import SlotHandover
 from vidseg.data.records import Batch, ClipSample, DatasetRecord, VideoRecord
@@ -105,7 +106,8 @@ def _first(items: list[EvalVideo]) -> EvalVideo:
 
 
 class VidsegDataModule(pl.LightningDataModule):
-    """Builds every configured dataset. `datasets`: name -> spec (see conf/data/*.yaml)."""
+    """Builds every configured dataset. `datasets`: name -> spec (see conf/data/*.yaml; the keys are checked by
+    `vidseg.data.dataset_spec.validate_specs`)."""
 
     def __init__(
         self,
@@ -148,7 +150,9 @@ class VidsegDataModule(pl.LightningDataModule):
                 raise ValueError(f"data.worker_mmap_threshold_mb / data.worker_trim_threshold_mb: {e} (both 0: "
                                  "glibc's adaptive thresholds)") from e
         self.max_val_videos = max_val_videos  # cap on every dataset's val videos (its eval.max_videos wins)
-        self.specs = {k: v for k, v in datasets.items() if tasks is None or v["task"] in tasks}
+        # every spec is checked (keys, format, task, reader options), also those of tasks this run does not train
+        specs = validate_specs(datasets, tasks)
+        self.specs = {k: v for k, v in specs.items() if tasks is None or v["task"] in tasks}
         if not self.specs:
             raise ValueError(f"no dataset configured for tasks {tasks}; data.datasets has {sorted(datasets)}")
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -208,8 +212,8 @@ class VidsegDataModule(pl.LightningDataModule):
 
         spec = self.specs[name]
         task = self.task_of(name)
-        sampler = instantiate(spec["sampler"])
-        transform = instantiate(spec["train_transform"], resize_on_device=self.device_resizes())
+        sampler = instantiate(require(name, spec, "sampler"))
+        transform = instantiate(require(name, spec, "train_transform"), resize_on_device=self.device_resizes())
         return ClipDataset(
             self.train_records[name], sampler, transform, task=task, samples_per_video=self.samples_per_video,
             seed=self.seed, with_semantic=bool(spec.get("with_semantic", False)),
