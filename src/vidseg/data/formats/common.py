@@ -45,6 +45,21 @@ def load_json(path: Path) -> Any:
         raise AnnotationFormatError(f"{path}: not UTF-8 text JSON ({e})") from e
 
 
+def read_name_list(path: Path, what: str, item: str) -> list[str]:
+    """The names of a list file (one per line, surrounding blanks and blank lines ignored): `what` names a
+    missing file; a file that is not UTF-8, names nothing or names an `item` twice is an AnnotationFormatError."""
+    path = require_file(path, what)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AnnotationFormatError(f"{path}: {what} is not UTF-8 text ({e})") from e
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise AnnotationFormatError(f"{path}: {what} names no {item}")
+    check_unique(names, str(path), item)
+    return names
+
+
 def require_key(obj: Any, key: str, where: str, types: type | tuple[type, ...] | None = None) -> Any:
     """obj[key] with a clear error naming `where` (file + context) and the field."""
     if not isinstance(obj, dict):

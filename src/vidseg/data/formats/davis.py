@@ -32,7 +32,7 @@ from vidseg.data.formats._vos_common import (
 )
 from vidseg.data.formats.common import (
     check_unique,
-    require_file,
+    read_name_list,
     write_index_png,
 )
 from vidseg.data.records import (
@@ -54,15 +54,8 @@ RESOLUTIONS = ("480p", "Full-Resolution")
 
 
 def _sequence_list(root: Path, split: str, year: str) -> tuple[Path, list[str]]:
-    path = require_file(root / "ImageSets" / year / f"{split}.txt", f"DAVIS ImageSets list of split {split!r}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise AnnotationFormatError(f"{path}: not UTF-8 text ({e})") from e
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise AnnotationFormatError(f"{path}: lists no sequence")
-    check_unique(names, str(path), "sequence")
+    path = root / "ImageSets" / year / f"{split}.txt"
+    names = read_name_list(path, f"DAVIS ImageSets list of split {split!r}", "sequence")
     return path, names
 
 

@@ -61,7 +61,6 @@ from vidseg.data.records import (
     DatasetRecord,
     FrameLabels,
     GroundTruthVideo,
-    VideoPrediction,
     VideoRecord,
 )
 
@@ -284,22 +283,7 @@ def write_ground_truth(
     return all_codes
 
 
-def write_results(
-    out: Path,
-    predictions: list[VideoPrediction],
-    dataset: DatasetRecord,
-    *,
-    size: Literal["720p", "source"] = "720p",
-    **options: Any,
-) -> Path:
-    """Write ``pan_pred/<video>/<GT file_name>`` and ``pred.json``. ``size="720p"`` (default) resizes the
-    predictions of raw-layout data (nearest neighbour) to H = 720, W = ``int(720 * w / h)``, the size of the
-    official ``change2_720p.py`` GT the metrics read; ``size="source"`` keeps the frame size (see
-    `_vipseg_results.write_results`)."""
-    return _vipseg_results.write_results(out, predictions, dataset, size=size, **options)
-
-
-def read_results(path: Path, dataset: DatasetRecord) -> list[VideoPrediction]:
-    """Read ``pred.json`` + ``pan_pred/`` back at the frame size (720P PNGs are resized back; see
-    `_vipseg_results.read_results`)."""
-    return _vipseg_results.read_results(path, dataset)
+# results: ``pan_pred/<video>/<GT file_name>`` + ``pred.json``, by default at the size the official metrics read
+# (raw layout: ``change2_720p.py``'s 720P); read back at the frame size (`_vipseg_results`)
+write_results = _vipseg_results.write_results
+read_results = _vipseg_results.read_results

@@ -17,6 +17,7 @@ from PIL import Image
 from vidseg.data.formats.common import (
     id_to_rgb,
     image_header_size,
+    read_name_list,
     read_png,
     require_dir,
     require_file,
@@ -181,20 +182,7 @@ def check_name(name: str, where: str, field: str = "video_id") -> str:
 
 def read_split_list(path: Path) -> list[str]:
     """Video names of a split list file (one per line, blank lines ignored, duplicates rejected)."""
-    path = require_file(path, "split list")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise AnnotationFormatError(f"{path}: split list is not UTF-8 text ({e})") from e
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise AnnotationFormatError(f"{path}: split list names no video")
-    seen: set[str] = set()
-    for n in names:
-        if n in seen:
-            raise AnnotationFormatError(f"{path}: video {n!r} listed twice")
-        seen.add(n)
-    return names
+    return read_name_list(path, "split list", "video")
 
 
 def frame_index_by_stem(video: VideoRecord) -> dict[str, int]:
