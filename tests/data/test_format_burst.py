@@ -217,6 +217,7 @@ def _drop_annotated(d: dict) -> None:
             lambda d: d["sequences"][1].update(not_exhaustive_category_ids=[4, "7"]),
             r"sequence 2 .*: 'not_exhaustive_category_ids'\[1\] must be an int category id, got '7'",
         ),
+        (lambda d: d["sequences"][0].update(fps="30"), r"sequence 1 .*: field 'fps' must be a positive number"),
     ],
     ids=[
         "no-annotated-frames",
@@ -229,6 +230,7 @@ def _drop_annotated(d: dict) -> None:
         "annotated-path-not-string",
         "neg-ids-not-list",
         "not-exhaustive-id-not-int",
+        "fps-not-a-number",
     ],
 )
 def test_bad_all_classes(copy: Path, edit, pattern: str) -> None:

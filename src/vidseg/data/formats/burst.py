@@ -168,6 +168,8 @@ def _read_sequence(
         annotations.append(FrameAnnotation(frame=frame, rles=rles, track_ids=nonempty))
     annotations.sort(key=lambda a: a.frame)
     fps = seq.get("fps")
+    if fps is not None and not (isinstance(fps, int | float) and not isinstance(fps, bool) and fps > 0):
+        raise AnnotationFormatError(f"{where}: field 'fps' must be a positive number or absent, got {fps!r}")
     meta = {
         "burst_id": sid,
         "dataset": dataset,
