@@ -195,3 +195,18 @@ def test_missing_annotation_png_is_an_error(copy: Path, split: str, png: str) ->
     with pytest.raises(MissingFileError, match=rf"{split}/Annotations/{png}: annotation PNG of a frame that .*"
                                                r"meta\.json lists"):
         ytvos.read(copy, split)
+
+
+def test_object_listed_in_meta_but_not_in_its_png(copy: Path) -> None:
+    # train track ids come from meta.json (PNGs not decoded at read); decoding checks the PNG holds them
+    path = copy / "train/Annotations/beta/00010.png"
+    labels = np.array(Image.open(path))
+    gone = int(np.unique(labels[labels > 0])[0])
+    labels[labels == gone] = 0
+    write_index_png(path, labels)
+    video = next(v for v in ytvos.read(copy, "train").videos if v.video_id == "beta")
+    ann = next(a for a in video.annotations if a.label_map == path)
+    assert gone in ann.track_ids
+    with pytest.raises(AnnotationFormatError, match=rf"beta/00010\.png: .*meta\.json lists object {gone} in this "
+                                                    "frame, but the PNG does not hold it"):
+        ann.decode()

@@ -7,7 +7,7 @@ ground-truth input checks and uncompressed COCO RLE (the released YouTube-VIS en
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,9 @@ class IndexPngDecoder:
     """LabelMapDecoder of DAVIS / YouTube-VOS annotation PNGs (picklable for DataLoader workers).
 
     Value k > 0 = object k, 0 = background, 255 = void when `void` is set. `max_id` (DAVIS N) and `allowed`
-    (YouTube-VOS object ids of the video) turn unexpected ids into errors naming the file.
+    (YouTube-VOS object ids of the video) turn unexpected ids into errors naming the file. `claimed` (PNG file
+    name -> object ids an annotation file says it holds, e.g. YouTube-VOS meta.json, read without decoding the
+    PNGs): a claimed object the PNG does not hold is an error naming both.
     """
 
     height: int
@@ -129,6 +131,8 @@ class IndexPngDecoder:
     max_id: int | None = None
     allowed: frozenset[int] | None = None
     void: bool = True
+    claimed: dict[str, frozenset[int]] | None = field(default=None, hash=False, compare=False)
+    claimed_by: str = "the annotation file"
 
     def __call__(self, path: Path) -> FrameLabels:
         arr = read_index_png(path, (self.height, self.width))
@@ -136,6 +140,11 @@ class IndexPngDecoder:
         if not self.void and (arr == VOID_VALUE).any():
             ids.append(VOID_VALUE)
         check_ids(path, ids, self.max_id, self.allowed)
+        if self.claimed is not None:
+            absent = sorted(self.claimed.get(Path(path).name, frozenset()) - set(ids))
+            if absent:
+                raise AnnotationFormatError(f"{path}: {self.claimed_by} lists object {absent[0]} in this frame, but "
+                                            "the PNG does not hold it")
         masks = {k: arr == k for k in ids}
         void = (arr == VOID_VALUE) if self.void else None
         return FrameLabels(masks=masks, semantic=None, void=void)

@@ -134,7 +134,10 @@ def _read_video(
         raise AnnotationFormatError(
             f"{meta_path} video {vid!r} object {never[0]}: no annotation PNG in {adir} holds it"
         )
-    decoder = IndexPngDecoder(height=height, width=width, allowed=allowed, void=False)
+    # unscanned PNGs: their objects were taken from meta.json, so decoding checks they are there
+    claimed = None if scan else {a.label_map.name: a.track_ids for a in annotations}
+    decoder = IndexPngDecoder(height=height, width=width, allowed=allowed, void=False, claimed=claimed,
+                              claimed_by=str(meta_path))
     for ann in annotations:
         ann.decoder = decoder
     tracks = {
