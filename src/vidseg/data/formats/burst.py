@@ -9,14 +9,20 @@ The writers and the results reader are implemented in `_burst_write.py` (size li
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from pycocotools import mask as mask_utils
 
-from vidseg.data.formats.common import check_unique, load_json, require_int, require_key, to_compressed_rle
+from vidseg.data.formats.common import (
+    check_unique,
+    is_number,
+    load_json,
+    require_int,
+    require_key,
+    to_compressed_rle,
+)
 from vidseg.data.records import (
     RLE,
     AnnotationFormatError,
@@ -168,7 +174,7 @@ def _read_sequence(
         annotations.append(FrameAnnotation(frame=frame, rles=rles, track_ids=nonempty))
     annotations.sort(key=lambda a: a.frame)
     fps = seq.get("fps")
-    if fps is not None and not (isinstance(fps, int | float) and not isinstance(fps, bool) and fps > 0):
+    if fps is not None and not (is_number(fps) and fps > 0):
         raise AnnotationFormatError(f"{where}: field 'fps' must be a positive number or absent, got {fps!r}")
     meta = {
         "burst_id": sid,
@@ -185,7 +191,7 @@ def _read_sequence(
         frames=frames,
         height=height,
         width=width,
-        fps=float(fps) if isinstance(fps, int | float) else None,
+        fps=None if fps is None else float(fps),
         tracks=tracks,
         annotations=annotations,
         meta=meta,
@@ -208,7 +214,7 @@ def _point(value: Any, height: int, width: int, where: str) -> Point:
         x, y = value
     else:
         raise AnnotationFormatError(f"{where}: 'point' must be {{'x': .., 'y': ..}} or [x, y]")
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (x, y)):
+    if not all(is_number(v) for v in (x, y)):
         raise AnnotationFormatError(f"{where}: 'point' coordinates must be numbers")
     if not (0 <= x < width and 0 <= y < height):
         raise AnnotationFormatError(
@@ -224,7 +230,7 @@ def _bbox(value: Any, where: str) -> tuple[float, float, float, float]:
     if len(bbox) != 4:
         raise AnnotationFormatError(f"{where}: 'bbox' must be [x, y, w, h], got {len(bbox)} values")
     for k, b in enumerate(bbox):
-        if not isinstance(b, int | float) or isinstance(b, bool) or not math.isfinite(b):
+        if not is_number(b):
             raise AnnotationFormatError(f"{where}: 'bbox'[{k}] must be a finite number, got {b!r}")
     x, y, w, h = (float(b) for b in bbox)
     return x, y, w, h
