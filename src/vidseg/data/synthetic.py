@@ -27,17 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from vidseg.data.formats.vps_common import CITYSCAPES_CLASSES, cityscapes_categories
 from vidseg.data.records import IGNORE_LABEL, Category, GroundTruthVideo, Point
 from vidseg.data.synthetic_scene import SHAPES, STUFF, SceneConfig, SyntheticScene, exemplar_point, make_scene
 
 GENERATOR_VERSION = 1  # bump when the output of a given seed changes (invalidates caches)
+FORMAT_VERSIONS = {"cityscapes_vps": 2}  # a format's own version when only its output changed (2: cls/ + inst/)
 SPLITS = ("train", "val")
 MANIFEST = "vidseg_synthetic.json"
 
-CITYSCAPES_19 = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
 CITYSCAPES_STUFF = {"road": 0, "building": 2, "vegetation": 8, "sky": 10}
 BURST_COMMON_IDS = (4, 13)  # in BURST's common-class list (formats.md §8.6)
 BURST_UNCOMMON_IDS = (1, 2, 3)  # neither common nor distractor
@@ -61,7 +59,8 @@ def _shape_vocab(ids: Sequence[int], names: Sequence[str] = SHAPES) -> tuple[Cat
 
 
 def _cityscapes_categories(things: Sequence[int]) -> tuple[Category, ...]:
-    return tuple(Category(id=i, name=n, isthing=i in things) for i, n in enumerate(CITYSCAPES_19))
+    """The 19 Cityscapes train ids without colours (the formats that store colours have their own)."""
+    return tuple(Category(id=i, name=n, isthing=i in things) for i, (n, _) in enumerate(CITYSCAPES_CLASSES))
 
 
 def _vocab_124(things: set[int], named: dict[int, str], isthing_all: bool | None = None) -> tuple[Category, ...]:
@@ -106,9 +105,11 @@ def vocabulary(fmt: str) -> Vocabulary:
     if fmt == "cityscapes_vps":
         shape_cat = {"disc": 11, "triangle": 12, "square": 13, "ring": 17, "cross": 18}
         # the GroundTruthVideo holds the annotated frames only: exactly 6 per video (named 5k in the writer)
+        # coloured categories: the GT is also written as released (cls/ + inst/), read by colour
         return Vocabulary(
-            _cityscapes_categories(range(11, 19)), shape_cat, CITYSCAPES_STUFF, scene={"num_frames": 6}
-        )
+            tuple(cityscapes_categories(range(11, 19))), shape_cat, CITYSCAPES_STUFF, scene={"num_frames": 6},
+            write_options={"release_labels": True},
+        )  # fmt: skip
     if fmt == "vipseg":
         shape_cat = dict(zip(SHAPES, (60, 61, 62, 63, 64)))
         stuff_cat = {"sky": 5, "building": 6, "vegetation": 7, "road": 8}
@@ -220,7 +221,7 @@ def generate(fmt: str, out: Path, params: SyntheticParams | None = None, overwri
     for split in SPLITS:
         videos = make_split(fmt, split, params)
         module.write_ground_truth(out, split, videos, categories, **vocab.write_options)
-    manifest = {"format": fmt, "generator_version": GENERATOR_VERSION, "params": asdict(params)}
+    manifest = {"format": fmt, "generator_version": generator_version(fmt), "params": asdict(params)}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     return out
 
@@ -231,13 +232,18 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "vidseg" / "synthetic"
 
 
+def generator_version(fmt: str) -> int:
+    """The version of `fmt`'s output: part of its cache key and manifest."""
+    return FORMAT_VERSIONS.get(fmt, GENERATOR_VERSION)
+
+
 def cache_key(fmt: str, params: SyntheticParams) -> str:
     fields = asdict(params)
     if not params.class_colours:  # added later: leave the keys of the random-colour datasets unchanged
         del fields["class_colours"]
     if params.object_counts is None:  # likewise
         del fields["object_counts"]
-    blob = json.dumps({"format": fmt, "v": GENERATOR_VERSION, **fields}, sort_keys=True)
+    blob = json.dumps({"format": fmt, "v": generator_version(fmt), **fields}, sort_keys=True)
     return f"{fmt}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

@@ -6,6 +6,8 @@ Layout: ``<root>/<split>/img/<image_id>_leftImg8bit.png`` (annotated frames), ``
 ``fetch_city_images.py`` writes them (raw Cityscapes names, see `_cityscapes_vps_frames`). A video is the
 first 4 characters of the image id. The test split has no GT: it is read from
 ``panoptic_im_test_city_vps.json`` (its annotated frames, no annotations) so results can be written for it.
+A split whose panoptic GT JSON has not been made by the official preparation scripts is read from the released
+``<split>/cls/`` + ``<split>/inst/`` PNGs by the same rules (`_cityscapes_vps_release`; ``labels="cls_inst"``).
 
 Track ids: the panoptic segment id of every non-crowd thing segment (the official GT keeps a raw instance's
 id over its whole video). Crowd segments are not tracks: their pixels are thing-class pixels of `semantic`
@@ -32,6 +34,14 @@ from vidseg.data.formats._cityscapes_vps_parse import (
     parse_categories,  # also used by the VIPSeg readers
     parse_segments,
 )
+from vidseg.data.formats._cityscapes_vps_release import (
+    ColourTable,
+    ReleaseFrame,
+    read_release,
+    release_decoder,
+    write_release_frame,
+)
+from vidseg.data.formats._cityscapes_vps_results import read_results, write_results  # noqa: F401 (the format API)
 from vidseg.data.formats.common import (
     check_unique,
     load_json,
@@ -42,15 +52,8 @@ from vidseg.data.formats.common import (
 )
 from vidseg.data.formats.vps_common import (
     MAX_SEGMENT_ID,
-    SegmentIds,
     check_ground_truth,
-    check_listed_ids,
-    check_panoptic_values,
     cityscapes_categories,
-    labels_from_ids,
-    prediction_frames,
-    prediction_panoptic_maps,
-    read_id_png,
     write_frame,
     write_id_png,
 )
@@ -64,7 +67,6 @@ from vidseg.data.records import (
     GroundTruthVideo,
     MissingFileError,
     TrackInfo,
-    VideoPrediction,
     VideoRecord,
 )
 
@@ -73,6 +75,7 @@ THING_IDS = tuple(range(11, 19))
 IMAGE_SUFFIX = "_leftImg8bit.png"
 PNG_SUFFIX = "_gtFine_color.png"
 NO_GT_SPLITS = ("test",)  # official splits whose panoptic GT is not released
+LABEL_SOURCES = ("auto", "panoptic_video", "cls_inst")
 
 
 def default_categories() -> list[Category]:
@@ -85,7 +88,8 @@ def gt_json_path(root: Path, split: str) -> Path:
 
 
 class _Entry(NamedTuple):
-    """One annotated frame: image id, image file name, size, and its GT PNG + segments (None without GT)."""
+    """One annotated frame: image id, image file name, size, and its GT (None without): the panoptic PNG +
+    segments, or the released cls PNG + inst PNG + the track ids found in them + the category colours."""
 
     image_id: str
     file_name: str
@@ -93,22 +97,48 @@ class _Entry(NamedTuple):
     width: int
     png: Path | None = None
     segments: tuple[Segment, ...] | None = None
+    release: tuple[ReleaseFrame, ColourTable] | None = None
 
 
-def read(root: Path, split: str, *, all_frames: bool = False, **options: Any) -> DatasetRecord:
+def _label_source(root: Path, split: str, labels: str) -> str:
+    """Where a split's GT is read from: "panoptic_video", "cls_inst" or "none" (a split without released GT)."""
+    if labels not in LABEL_SOURCES:
+        raise ValueError(f"cityscapes_vps.read: option labels={labels!r}; expected one of {LABEL_SOURCES}")
+    if labels != "auto":
+        return labels
+    if gt_json_path(root, split).is_file():
+        return "panoptic_video"
+    if (root / split / "cls").is_dir() and (root / split / "inst").is_dir():
+        return "cls_inst"
+    if split in NO_GT_SPLITS:
+        return "none"
+    raise MissingFileError(f"{gt_json_path(root, split)}: required GT JSON does not exist "
+                           f"(nor the released {root / split}/cls and {root / split}/inst folders)")  # fmt: skip
+
+
+def read(
+    root: Path, split: str, *, all_frames: bool = False, labels: str = "auto", **options: Any
+) -> DatasetRecord:  # fmt: skip
     """Read a Cityscapes-VPS split from its panoptic GT JSON. Frames = the annotated frames of `img/`
     (all frames listed in ``im_all_info_<split>_city_vps.json``, from `img_all/`, with `all_frames=True`).
     PNGs are checked against segments_info on decode. The test split (no GT released) is read from
-    ``panoptic_im_test_city_vps.json``: videos with frames and no annotations, for `write_results`."""
+    ``panoptic_im_test_city_vps.json``: videos with frames and no annotations, for `write_results`.
+    `labels`: "auto" takes the panoptic GT JSON when it exists, else the released ``cls/`` + ``inst/`` PNGs
+    (decoded once here for the track list); "panoptic_video" or "cls_inst" insists on one."""
     if options:
         raise TypeError(f"cityscapes_vps.read: unknown options {sorted(options)}")
     root = Path(root)
     json_path = gt_json_path(root, split)
-    if split in NO_GT_SPLITS and not json_path.is_file():
+    source = _label_source(root, split, labels)
+    if source == "none":
         im_path = images_json_path(root, split)
         if not im_path.is_file():
             raise MissingFileError(f"{json_path}: required GT JSON does not exist (nor {im_path}, the frame list)")
         return _read_without_gt(root, split, im_path, all_frames)
+    if source == "cls_inst":
+        im_path, cats, table, frames = read_release(root, split)
+        entries = [_Entry(f.image_id, f.file_name, f.height, f.width, f.cls, release=(f, table)) for f in frames]
+        return _dataset(root, split, im_path, entries, cats, [e.image_id for e in entries], all_frames)
     data = load_json(json_path)
     where = str(json_path)
     cats = parse_categories(require_key(data, "categories", where, list), where)
@@ -180,19 +210,22 @@ def _video_record(
     tracks: dict[int, TrackInfo] = {}
     annotations = []
     for e, frame in zip(entries, positions):
-        if e.png is None or e.segments is None:
+        if e.release is not None:
+            found = [(t, t // 1000) for t in e.release[0].track_ids]  # release track id = class * 1000 + k
+            decoder = release_decoder(*e.release)
+        elif e.png is not None and e.segments is not None:
+            found = [(sid, cid) for sid, cid, crowd, _ in e.segments if cid in things and not crowd]
+            decoder = partial(decode_frame, size=(height, width), segments=e.segments, thing_ids=things)
+        else:
             continue
-        tids = []
-        for sid, cid, crowd, _ in e.segments:
-            if cid in things and not crowd:
-                known = tracks.setdefault(sid, TrackInfo(track_id=sid, category_id=cid))
-                if known.category_id != cid:
-                    raise AnnotationFormatError(
-                        f"{json_path}: {e.image_id}: segment {sid} has category {cid}, "
-                        f"category {known.category_id} in an earlier frame of video {vid}"
-                    )
-                tids.append(sid)
-        decoder = partial(decode_frame, size=(height, width), segments=e.segments, thing_ids=things)
+        for sid, cid in found:
+            known = tracks.setdefault(sid, TrackInfo(track_id=sid, category_id=cid))
+            if known.category_id != cid:
+                raise AnnotationFormatError(
+                    f"{json_path}: {e.image_id}: segment {sid} has category {cid}, "
+                    f"category {known.category_id} in an earlier frame of video {vid}"
+                )
+        tids = [sid for sid, _ in found]
         annotations.append(FrameAnnotation(frame=frame, label_map=e.png, decoder=decoder, track_ids=frozenset(tids)))
     return VideoRecord(
         video_id=vid,
@@ -203,11 +236,6 @@ def _video_record(
         annotations=sorted(annotations, key=lambda a: a.frame),
         meta={"image_ids": {frame: e.image_id for e, frame in zip(entries, positions)}},
     )
-
-
-def _result_frames(video: VideoRecord) -> list[int]:
-    """Frames that get results: the annotated frames (those of the image list when the split has no GT)."""
-    return sorted(video.meta["image_ids"])
 
 
 def _video_names(videos: list[GroundTruthVideo]) -> list[str]:
@@ -225,13 +253,16 @@ def write_ground_truth(
     *,
     city: str = "synthetic",
     frames_per_video: int | None = 6,
+    release_labels: bool = False,
     **options: Any,
 ) -> dict[str, str]:
     """Write GT in the Cityscapes-VPS layout (frames PNG, RGB-id PNGs, panoptic GT JSON). Video ids that
     are not all 4-digit strings are renumbered 0001, 0002, ... in list order (returned as a mapping).
     Frame k is named frame number 5k. Thing tracks keep their track id as segment id; stuff of category c
     gets id base + c and the crowd of thing class c gets base + K + c (base = 1 + largest track id,
-    K = 1 + largest category id). `frames_per_video` (6 like the official data; None = any) is enforced."""
+    K = 1 + largest category id). `frames_per_video` (6 like the official data; None = any) is enforced.
+    `release_labels` also writes the GT as released (``<split>/cls/``, ``<split>/inst/``, and the frame list
+    ``panoptic_im_<split>_city_vps.json``; needs category colours); crowd pixels are void there."""
     if options:
         raise TypeError(f"cityscapes_vps.write_ground_truth: unknown options {sorted(options)}")
     root = Path(root)
@@ -261,6 +292,8 @@ def write_ground_truth(
             ids = np.where(inst > 0, inst, lut[sem])
             write_frame(root / split / "img" / f"{image_id}{IMAGE_SUFFIX}", frame)
             write_id_png(root / split / "panoptic_video" / f"{image_id}{PNG_SUFFIX}", ids)
+            if release_labels:
+                write_release_frame(root, split, image_id, sem, inst, cats)
             segments = []
             uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
             for sid, pos, area in zip(uniq.tolist(), first.tolist(), counts.tolist()):
@@ -283,87 +316,6 @@ def write_ground_truth(
     ]  # fmt: skip
     write_json_atomic(gt_json_path(root, split), {"images": images, "annotations": annotations,
                                                   "categories": categories_json})  # fmt: skip
+    if release_labels:
+        write_json_atomic(images_json_path(root, split), {"images": images, "categories": categories_json})
     return {v.video_id: n for v, n in zip(videos, names)}
-
-
-def write_results(out: Path, predictions: list[VideoPrediction], dataset: DatasetRecord, **options: Any) -> Path:
-    """Write ``pan_pred/<image_id>.png`` (RGB ids; one id per (class, instance) pair of a video, so tubes
-    and stuff keep their id) and ``pred.json`` in GT annotation order. Every GT video needs a prediction."""
-    if options:
-        raise TypeError(f"cityscapes_vps.write_results: unknown options {sorted(options)}")
-    out = Path(out)
-    where = f"{out} ({FORMAT} results)"
-    by_id = {p.video_id: p for p in predictions}
-    videos = {v.video_id: v for v in dataset.videos}
-    unknown = sorted(set(by_id) - set(videos))
-    missing = [v for v in videos if v not in by_id]
-    if unknown or missing:
-        raise AnnotationFormatError(f"{where}: predictions for unknown videos {unknown}, none for {missing}")
-    things = {c.id for c in dataset.categories if c.isthing}
-    known = [c.id for c in dataset.categories]
-    entries: dict[str, dict] = {}
-    for vid, video in videos.items():
-        pred = by_id[vid]
-        frames = _result_frames(video)
-        positions = prediction_frames(pred, video, frames, where)
-        maps = prediction_panoptic_maps(pred, where)
-        seg_ids = SegmentIds()
-        for f, p in zip(frames, positions):
-            image_id = video.meta["image_ids"][f]
-            sem, inst = maps[p]
-            check_panoptic_values(sem, inst, known, f"{where}: {image_id}")
-            ids, segments = seg_ids.encode(sem, inst, things)
-            write_id_png(out / "pan_pred" / f"{image_id}.png", ids)
-            entries[image_id] = {"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": segments}
-    write_json_atomic(out / "pred.json", {"annotations": [entries[i] for i in dataset.meta["annotation_order"]]})
-    return out
-
-
-def read_results(path: Path, dataset: DatasetRecord) -> list[VideoPrediction]:
-    """Read ``pred.json`` + ``pan_pred/`` (folder or the pred.json path) into panoptic_maps: semantic =
-    segment category, instance = segment id for thing categories, 0 for stuff. Ids and categories are
-    checked like the official script (every PNG id listed and vice versa, categories known)."""
-    path = Path(path)
-    folder = path.parent if path.suffix == ".json" else path
-    json_path = folder / "pred.json" if path.suffix != ".json" else path
-    data = load_json(json_path)
-    where = str(json_path)
-    cat_ids = {c.id for c in dataset.categories}
-    things = {c.id for c in dataset.categories if c.isthing}
-    location = {}
-    for video in dataset.videos:
-        for f, iid in video.meta["image_ids"].items():
-            location[iid] = (video, f)
-    frames: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-    for i, ann in enumerate(require_key(data, "annotations", where, list)):
-        w = f"{where}: annotations[{i}]"
-        iid = require_key(ann, "image_id", w, str)
-        if iid not in location:
-            raise AnnotationFormatError(f"{w}: image_id {iid!r} is not an annotated frame of the dataset")
-        video, f = location[iid]
-        segments = parse_segments(require_key(ann, "segments_info", w, list), cat_ids, w)
-        png = folder / "pan_pred" / ann.get("file_name", f"{iid}.png")
-        ids = read_id_png(png, (video.height, video.width))
-        check_listed_ids(ids, (s[0] for s in segments), str(png))
-        semantic, _ = labels_from_ids(ids, {s[0]: s[1] for s in segments}, {})
-        thing_ids = np.array([s[0] for s in segments if s[1] in things], dtype=np.int64)
-        instance = np.where(np.isin(ids, thing_ids), ids, 0).astype(np.int32)
-        if f in frames.setdefault(video.video_id, {}):
-            raise AnnotationFormatError(f"{w}: image_id {iid!r} appears twice")
-        frames[video.video_id][f] = (semantic, instance)
-    out = []
-    for video in dataset.videos:
-        got = frames.get(video.video_id, {})
-        if sorted(got) != _result_frames(video):
-            raise AnnotationFormatError(
-                f"{where}: video {video.video_id} has predictions for frames {sorted(got)}, "
-                f"expected the annotated frames {_result_frames(video)}"
-            )
-        out.append(
-            VideoPrediction(
-                video_id=video.video_id, height=video.height, width=video.width,
-                frame_names=[video.frames.names[f] for f in sorted(got)],
-                panoptic_maps=[got[f] for f in sorted(got)],
-            )
-        )  # fmt: skip
-    return out
