@@ -123,12 +123,14 @@ def test_conversion_matches_the_rules(tmp_path, seed):
     inst[:10, :10] = 12345
     rgb[20:, 30:] = (1, 2, 3)
     inst[20:, 30:] = 13002
+    rgb[10:20, :5], rgb[10:20, 5:10] = (1, 2, 3), cats[CAR].color  # a tie with an unknown, smaller colour: dropped
+    inst[10:20, :10] = 14444
     alpha = np.full((30, 40, 1), 255 if seed % 2 else 7, dtype=np.uint8)
     Image.fromarray(np.concatenate([rgb, alpha], axis=2) if seed % 3 == 0 else rgb).save(tmp_path / "c.png")
     Image.fromarray(inst).save(tmp_path / "i.png")
     ours = panoptic_map(tmp_path / "c.png", tmp_path / "i.png", (30, 40), ColourTable.of(cats, "test"))
     np.testing.assert_array_equal(ours, _reference_panoptic(rgb, inst, cats))
-    assert ours[0, 0] == PERSON * 1000 + 345 and (ours[20:, 30:] == -1).all()
+    assert ours[0, 0] == PERSON * 1000 + 345 and (ours[20:, 30:] == -1).all() and (ours[10:20, :10] == -1).all()
 
 
 def test_release_errors(released):

@@ -79,27 +79,50 @@ class ColourTable(NamedTuple):
 
 def panoptic_map(cls_path: Path, inst_path: Path, size: tuple[int, int], table: ColourTable) -> np.ndarray:
     """int64 map of one frame: stuff class id, ``class * 1000 + inst % 1000`` for instances, VOID (-1) elsewhere."""
-    rgb = read_png(cls_path, channels=3, size=size).astype(np.int64)
-    inst = read_png(inst_path, channels=1, size=size).astype(np.int64)
-    colour = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-    uniq, colour_idx = np.unique(colour, return_inverse=True)
-    colour_idx = colour_idx.reshape(colour.shape)
-    slot = np.clip(np.searchsorted(table.colours, uniq), 0, len(table.colours) - 1)
-    known = table.colours[slot] == uniq
-    class_of = np.where(known, table.category_ids[slot], VOID)
-    thing_of = known & table.is_thing[slot]
-    pan = np.where(thing_of, VOID, class_of)[colour_idx]
+    rgb = read_png(cls_path, channels=3, size=size)
+    inst = read_png(inst_path, channels=1, size=size)
+    colour = rgb[..., 0].astype(np.int64)
+    colour |= rgb[..., 1].astype(np.int64) << 8
+    colour |= rgb[..., 2].astype(np.int64) << 16
+    slot = np.searchsorted(table.colours, colour).clip(max=len(table.colours) - 1)
+    known = table.colours[slot] == colour
+    pan = np.where(known & ~table.is_thing[slot], table.category_ids[slot], VOID)
     objects = inst >= INSTANCE_BASE
     if objects.any():
-        ids, obj_idx = np.unique(inst[objects], return_inverse=True)
-        pairs, counts = np.unique(obj_idx * len(uniq) + colour_idx[objects], return_counts=True)
-        obj, col = pairs // len(uniq), pairs % len(uniq)
-        order = np.lexsort((col, -counts, obj))  # per object: most pixels first, then the smallest colour
-        first = order[np.r_[True, obj[order][1:] != obj[order][:-1]]]
-        majority = col[first]  # one per object, objects in `ids` order
-        value = np.where(thing_of[majority], class_of[majority] * INSTANCE_BASE + ids % INSTANCE_BASE, VOID)
-        pan[objects] = np.where(thing_of[majority][obj_idx], value[obj_idx], pan[objects])
+        ids, obj = _dense_ids(inst[objects])
+        code, code_colour = _colour_codes(colour[objects], slot[objects], known[objects], table)
+        counts = np.bincount(obj * len(code_colour) + code, minlength=len(ids) * len(code_colour))
+        counts = counts.reshape(len(ids), len(code_colour))
+        # each instance's most frequent raw colour (unknown colours count apart); ties: the smallest colour
+        tied = counts == counts.max(axis=1, keepdims=True)
+        majority = code_colour[np.argmin(np.where(tied, code_colour, np.iinfo(np.int64).max), axis=1)]
+        m_slot = np.searchsorted(table.colours, majority).clip(max=len(table.colours) - 1)
+        taken = (table.colours[m_slot] == majority) & table.is_thing[m_slot]
+        value = table.category_ids[m_slot] * INSTANCE_BASE + ids % INSTANCE_BASE
+        pan[objects] = np.where(taken[obj], value[obj], pan[objects])
     return pan
+
+
+def _dense_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values as int64, index of each value among them); without a sort for 16-bit values."""
+    if values.max() >= 1 << 16:
+        ids, index = np.unique(values, return_inverse=True)
+        return ids.astype(np.int64), index.ravel()
+    present = np.bincount(values, minlength=1 << 16) > 0
+    ids = np.flatnonzero(present)
+    lut = np.cumsum(present) - 1
+    return ids.astype(np.int64), lut[values]
+
+
+def _colour_codes(
+    colour: np.ndarray, slot: np.ndarray, known: np.ndarray, table: ColourTable
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Small codes for raw colours: a category colour's table slot, then one code per other colour; returns
+    (code per pixel, colour per code)."""
+    other, other_index = np.unique(colour[~known], return_inverse=True)
+    code = slot.copy()
+    code[~known] = len(table.colours) + other_index.ravel()
+    return code, np.concatenate([table.colours, other])
 
 
 def decode_cls_inst(
