@@ -216,7 +216,9 @@ def _compressed_rle(seg: Any, height: int, width: int, where: str) -> RLE:
                 f"{where}: RLE size {list(size)} does not match the video size [{height}, {width}]"
             )
         if isinstance(counts, list):
-            if not all(_is_int(c) and c >= 0 for c in counts):
+            # map/min/sum run in C: a 200 MB train JSON holds ~10^8 counts (a generator of isinstance checks took
+            # 85% of YouTube-VIS read time)
+            if not set(map(type, counts)) <= {int} or (counts and min(counts) < 0):
                 raise AnnotationFormatError(f"{where}: uncompressed RLE counts must be non-negative ints")
             if sum(counts) != height * width:
                 raise AnnotationFormatError(f"{where}: uncompressed RLE counts do not sum to h*w")
