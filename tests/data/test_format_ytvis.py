@@ -236,6 +236,8 @@ def test_missing_frame_file(tmp_path: Path, written: tuple[Path, list]) -> None:
         "rle-size-null",
         "rle-counts-null",
         "rle-counts-negative",
+        "rle-counts-float",
+        "rle-counts-bool",
         "polygon-odd",
         "polygon-two-points",
         "iscrowd-7",
