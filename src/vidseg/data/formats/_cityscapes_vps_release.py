@@ -32,6 +32,7 @@ from PIL import Image
 from vidseg.data.formats._cityscapes_vps_frames import images_json_path, parse_images
 from vidseg.data.formats._cityscapes_vps_parse import parse_categories
 from vidseg.data.formats.common import load_json, read_png, require_dir, require_key
+from vidseg.data.formats.scan_cache import ScanCache
 from vidseg.data.formats.vps_common import cityscapes_categories
 from vidseg.data.records import IGNORE_LABEL, AnnotationFormatError, Category, FrameLabels, MissingFileError
 
@@ -159,18 +160,23 @@ def _label_files(folder: Path, images: dict[str, tuple[str, int, int]], where: s
     return found
 
 
-def _scan(frame: tuple[str, Path, Path, tuple[int, int]], table: ColourTable) -> tuple[int, ...]:
+def _scan(frame: tuple[str, Path, Path, tuple[int, int]], table: ColourTable) -> list[int]:
     _, cls_path, inst_path, size = frame
     pan = panoptic_map(cls_path, inst_path, size, table)
-    return tuple(int(t) for t in np.unique(pan[pan >= INSTANCE_BASE]).tolist())
+    return [int(t) for t in np.unique(pan[pan >= INSTANCE_BASE]).tolist()]
+
+
+def _label_pair(frame: tuple[str, Path, Path, tuple[int, int]]) -> tuple[Path, Path]:
+    return frame[1], frame[2]
 
 
 def read_release(
     root: Path, split: str, *, num_workers: int = 4
 ) -> tuple[Path, list[Category], ColourTable, list[ReleaseFrame]]:
     """(frame-list JSON, categories, their colours, frames sorted by cls file name) of a split's released GT.
-    Every label PNG is decoded once here, for validation and the track list; categories and colours come from
-    the JSON when it lists them, else they are the 19 Cityscapes classes."""
+    Every label PNG is decoded here, for validation and the track list, unless the scan cache holds its result
+    from an earlier read of the same bytes; categories and colours come from the JSON when it lists them, else
+    they are the 19 Cityscapes classes."""
     root = Path(root)
     im_path = images_json_path(root, split)
     if not im_path.is_file():
@@ -189,9 +195,14 @@ def read_release(
     inst_files = _label_files(root / split / "inst", images, where, INST_SUFFIX)
     order = sorted(images, key=lambda i: cls_files[i].name)
     jobs = [(i, cls_files[i], inst_files[i], images[i][1:]) for i in order]
+    key = {"root": str(root.resolve()), "split": split, "colours": [a.tolist() for a in table]}
+    cache = ScanCache("cityscapes_vps", key)
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        scans = list(pool.map(partial(_scan, table=table), jobs))
-    frames = [ReleaseFrame(i, *images[i], cls_files[i], inst_files[i], tids) for i, tids in zip(order, scans)]
+        scans = cache.map(pool, partial(_scan, table=table), jobs, _label_pair)
+    cache.save()
+    frames = [
+        ReleaseFrame(i, *images[i], cls_files[i], inst_files[i], tuple(tids)) for i, tids in zip(order, scans)
+    ]
     return im_path, cats, table, frames
 
 

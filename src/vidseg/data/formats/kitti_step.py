@@ -27,6 +27,7 @@ from vidseg.data.formats.common import (
     write_json_atomic,
     write_rgb_png,
 )
+from vidseg.data.formats.scan_cache import ScanCache, one_file
 from vidseg.data.formats.vps_common import (
     category_from_json,
     check_ground_truth,
@@ -158,8 +159,9 @@ def read(
     num_workers: int = 4,
     **options: Any,
 ) -> DatasetRecord:
-    """Read a KITTI-STEP split. Every panoptic PNG is decoded once here (validation and the track list);
-    frames are not. `require_annotations` defaults to True except for the 'test' split."""
+    """Read a KITTI-STEP split. Every panoptic PNG is decoded here (validation and the track list), unless the
+    scan cache (`vidseg.data.formats.scan_cache`) holds its result from an earlier read of the same bytes; frames
+    are not decoded. `require_annotations` defaults to True except for the 'test' split."""
     if options:
         raise TypeError(f"kitti_step.read: unknown options {sorted(options)}")
     root = Path(root)
@@ -176,12 +178,13 @@ def read(
     if not seqs:
         raise MissingFileError(f"{image_dir}: no sequence folders")
     videos = []
+    cache = ScanCache(FORMAT, {"root": str(root.resolve()), "split": split, "categories": [cids, things]})
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         for seq in seqs:
             frames, index, (height, width) = frames_of_video(image_dir / seq, "sequence without frames")
             required = f"panoptic_maps folder of sequence {seq}" if require_annotations else None
             maps = label_files(pan_dir / seq, required, index, "panoptic map", image_dir / seq, ".*")
-            scans = list(pool.map(lambda m, s=(height, width): _scan(m, s, cids, things), maps))
+            scans = cache.map(pool, partial(_scan, size=(height, width), cids=cids, things=things), maps, one_file)
             decoder = partial(decode_panoptic_map, height=height, width=width, category_ids=cids, thing_ids=things)
             tracks, annotations = scanned_annotations(maps, scans, index, decoder, lambda t: split_track_id(t)[0])
             videos.append(
@@ -195,6 +198,7 @@ def read(
                     meta={"track_id_rule": "semantic << 16 | instance"},
                 )
             )
+    cache.save()
     return DatasetRecord(
         name=FORMAT, format=FORMAT, split=split, root=root, categories=cats, videos=videos,
         meta={"thing_ids": list(things), "label_bit_shift": LABEL_BIT_SHIFT},

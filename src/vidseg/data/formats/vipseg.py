@@ -38,6 +38,7 @@ from vidseg.data.formats.common import (
     read_png,
     write_json_atomic,
 )
+from vidseg.data.formats.scan_cache import ScanCache, one_file
 from vidseg.data.formats.vipseg_converted import (
     MAX_STUFF_VALUE,
     add_converted_entry,
@@ -115,6 +116,25 @@ def read_raw_mask(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(raw values int64, semantic int32) of a raw panomask; undecodable values raise naming file/value,
     except the documented erratum value 200 (set to void 0, with a `VIPSegErratumWarning` if `warn`)."""
+    raw, semantic, erratum = _decode_raw(path, size, vocabulary)
+    if erratum and warn:
+        _warn_erratum(path, erratum, stacklevel=3)
+    return raw, semantic
+
+
+def _warn_erratum(path: Path, pixels: int, stacklevel: int = 2) -> None:
+    warnings.warn(
+        f"{path}: {pixels} pixels of undecodable panomask value {ERRATUM_VALUE} read as void "
+        "(known VIPSeg dataset erratum, VIPSeg-Dataset issue #1)",
+        VIPSegErratumWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _decode_raw(
+    path: Path, size: tuple[int, int] | None, vocabulary: tuple[tuple[int, bool], ...]
+) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
+    """`read_raw_mask` without the warning: (raw, semantic, pixels of the erratum value set to void)."""
     raw = read_png(path, channels=1, size=size).astype(np.int64)
     if raw.min(initial=0) < 0 or raw.max(initial=0) >= NUM_CODES:
         raise AnnotationFormatError(f"{path}: panomask value {int(raw.max())} outside 0..{NUM_CODES - 1}")
@@ -122,20 +142,13 @@ def read_raw_mask(
     bad = semantic < 0
     erratum = bad & (raw == ERRATUM_VALUE)
     if erratum.any():
-        if warn:
-            warnings.warn(
-                f"{path}: {int(erratum.sum())} pixels of undecodable panomask value {ERRATUM_VALUE} read as void "
-                "(known VIPSeg dataset erratum, VIPSeg-Dataset issue #1)",
-                VIPSegErratumWarning,
-                stacklevel=2,
-            )
         raw[erratum] = 0
         semantic[erratum] = IGNORE_LABEL
         bad &= ~erratum
     if bad.any():
         v = int(raw[bad][0])
         raise AnnotationFormatError(f"{path}: undecodable panomask value {v} ({_why_undecodable(v, dict(vocabulary))})")
-    return raw, semantic
+    return raw, semantic, int(erratum.sum())
 
 
 def decode_raw_mask(path: Path, *, size: tuple[int, int], vocabulary: tuple[tuple[int, bool], ...]) -> FrameLabels:
@@ -145,9 +158,10 @@ def decode_raw_mask(path: Path, *, size: tuple[int, int], vocabulary: tuple[tupl
     return FrameLabels(masks=masks, semantic=semantic, void=raw == 0)
 
 
-def _scan_raw(path: Path, size: tuple[int, int], vocabulary: tuple[tuple[int, bool], ...]) -> list[int]:
-    raw, _ = read_raw_mask(path, size, vocabulary)
-    return [int(v) for v in np.unique(raw[raw > MAX_STUFF_VALUE]).tolist()]
+def _scan_raw(path: Path, size: tuple[int, int], vocabulary: tuple[tuple[int, bool], ...]) -> list[Any]:
+    """[track values, erratum pixels] of one panomask (a JSON value, for the scan cache)."""
+    raw, _, erratum = _decode_raw(path, size, vocabulary)
+    return [[int(v) for v in np.unique(raw[raw > MAX_STUFF_VALUE]).tolist()], erratum]
 
 
 def read(
@@ -159,7 +173,8 @@ def read(
     num_workers: int = 4,
     **options: Any,
 ) -> DatasetRecord:
-    """Read a VIPSeg split. Raw layout: every panomask is decoded once here (validation, track list)."""
+    """Read a VIPSeg split. Raw layout: every panomask is decoded here (validation, track list), unless the scan
+    cache (`vidseg.data.formats.scan_cache`) holds its result from an earlier read of the same bytes."""
     if options:
         raise TypeError(f"vipseg.read: unknown options {sorted(options)}")
     root = Path(root)
@@ -170,12 +185,17 @@ def read(
     if require_annotations is None:
         require_annotations = split != "test"
     videos = []
+    cache = ScanCache(FORMAT, {"root": str(root.resolve()), "split": split, "vocabulary": vocabulary})
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         for name in read_split_list(root / f"{split}.txt"):
             frames, index, (height, width) = frames_of_video(root / "imgs" / name, "video without frames")
             required = f"panomasks folder of video {name}" if require_annotations else None
             masks = label_files(root / "panomasks" / name, required, index, "panomask", root / "imgs" / name, ".jpg")
-            scans = list(pool.map(lambda m, s=(height, width): _scan_raw(m, s, vocabulary), masks))
+            found = cache.map(pool, partial(_scan_raw, size=(height, width), vocabulary=vocabulary), masks, one_file)
+            for mask, (_, erratum) in zip(masks, found):
+                if erratum:
+                    _warn_erratum(mask, erratum)
+            scans = [ids for ids, _ in found]
             decoder = partial(decode_raw_mask, size=(height, width), vocabulary=vocabulary)
             tracks, annotations = scanned_annotations(masks, scans, index, decoder, lambda v: v // 100 - 1)
             videos.append(
@@ -189,6 +209,7 @@ def read(
                     meta={"file_names": {a.frame: a.label_map.name for a in annotations}},  # type: ignore[union-attr]
                 )
             )
+    cache.save()
     return DatasetRecord(name=FORMAT, format=FORMAT, split=split, root=root, categories=cats, videos=videos,
                          meta={"layout": "raw"})  # fmt: skip
 
