@@ -133,6 +133,22 @@ def test_conversion_matches_the_rules(tmp_path, seed):
     assert ours[0, 0] == PERSON * 1000 + 345 and (ours[20:, 30:] == -1).all() and (ours[10:20, :10] == -1).all()
 
 
+def test_conversion_with_noisy_colours(tmp_path):
+    """A cls PNG with a colour per pixel (resampled or compressed): the pairs that occur are counted."""
+    cats = cityscapes_vps.default_categories()
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    rgb[rng.random((60, 80)) < 0.4] = cats[CAR].color
+    rgb[:30][rng.random((30, 80)) < 0.5] = cats[PERSON].color
+    inst = np.kron(rng.integers(1000, 1030, size=(6, 8)), np.ones((10, 10), dtype=np.int64)).astype(np.uint16)
+    inst[:, :10] = 0  # no instance: random colours there are void
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    Image.fromarray(inst).save(tmp_path / "i.png")
+    ours = panoptic_map(tmp_path / "c.png", tmp_path / "i.png", (60, 80), ColourTable.of(cats, "test"))
+    np.testing.assert_array_equal(ours, _reference_panoptic(rgb, inst, cats))
+    assert (ours >= 11000).any() and (ours[:, :10] == -1).any()
+
+
 def test_release_errors(released):
     root, _ = released
     cls_dir, inst_dir = root / "val" / "cls", root / "val" / "inst"

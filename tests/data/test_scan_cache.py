@@ -13,7 +13,7 @@ from PIL import Image
 
 from vidseg.data.formats import _cityscapes_vps_release, cityscapes_vps, kitti_step
 from vidseg.data.formats.scan_cache import ScanCache, ScanCacheWarning, file_digest, scan_cache_dir
-from vidseg.data.records import AnnotationFormatError
+from vidseg.data.records import AnnotationFormatError, CorruptMediaError
 
 PERSON, CAR, ROAD, SKY = 11, 13, 0, 10
 
@@ -133,3 +133,39 @@ def test_cityscapes_release_read_uses_the_cache(tmp_path, cache_dir, monkeypatch
         second = cityscapes_vps.read(tmp_path, "val", labels="cls_inst")
     assert len(calls) == 6 and _summary(second) == _summary(first)
     assert second.videos[0].annotations[0].track_ids == {PERSON * 1000 + 1, CAR * 1000 + 2}
+
+
+def test_scan_settings_are_part_of_an_entry(kitti, cache_dir):
+    """Frames resized under unchanged label PNGs: the size check is not skipped by a cached result."""
+    kitti_step.read(kitti, "val")
+    for frame in (kitti / "images" / "val" / "0002").iterdir():
+        Image.fromarray(np.zeros((32, 40, 3), dtype=np.uint8)).save(frame)
+    with pytest.raises(CorruptMediaError, match="0002/000000.png: PNG size 64x80 .* does not match the video's 32x40"):
+        kitti_step.read(kitti, "val")
+
+
+def test_results_before_a_failing_file_are_kept(kitti, cache_dir, monkeypatch):
+    png = kitti / "panoptic_maps" / "val" / "0006" / "000005.png"
+    rgb = np.array(Image.open(png))
+    rgb[0, 0] = (7, 0, 5)
+    Image.fromarray(rgb).save(png)
+    with pytest.raises(AnnotationFormatError, match="instance id 5 on stuff class 7"):
+        kitti_step.read(kitti, "val")
+    rgb[0, 0] = (ROAD, 0, 0)
+    Image.fromarray(rgb).save(png)
+    calls = _counting(monkeypatch, kitti_step)
+    kitti_step.read(kitti, "val")
+    assert calls == [png]  # every other file's result was saved by the failed read
+
+
+def test_malformed_entries_are_a_warning(kitti, cache_dir, monkeypatch):
+    kitti_step.read(kitti, "val")
+    (path,) = cache_dir.glob("kitti_step-*.json")
+    data = json.loads(path.read_text())
+    name = sorted(data["files"])[0]
+    data["files"][name] = 7
+    path.write_text(json.dumps(data))
+    calls = _counting(monkeypatch, kitti_step)
+    with pytest.warns(ScanCacheWarning, match="1 malformed scan cache entries"):
+        kitti_step.read(kitti, "val")
+    assert [str(c.resolve()) for c in calls] == [name]

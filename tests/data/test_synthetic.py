@@ -340,6 +340,17 @@ def test_class_colours_recolour_the_same_scene_by_class():
     assert np.median(spreads[False]) > 60
 
 
+def test_generator_version_bump_reaches_formats_with_their_own_version(monkeypatch):
+    plain = syn.SyntheticParams(videos_train=4, videos_val=2)
+    before = {fmt: syn.cache_key(fmt, plain) for fmt in ("cityscapes_vps", "kitti_step")}
+    monkeypatch.setattr(syn, "GENERATOR_VERSION", syn.GENERATOR_VERSION + 1)
+    assert all(syn.cache_key(fmt, plain) != key for fmt, key in before.items())
+    monkeypatch.undo()
+    monkeypatch.setitem(syn.FORMAT_VERSIONS, "cityscapes_vps", syn.FORMAT_VERSIONS["cityscapes_vps"] + 1)
+    assert syn.cache_key("cityscapes_vps", plain) != before["cityscapes_vps"]
+    assert syn.cache_key("kitti_step", plain) == before["kitti_step"]
+
+
 def test_class_colours_cache_keys():
     """The option is part of the cache key; the keys of the random-colour datasets did not change with it."""
     plain = syn.SyntheticParams(videos_train=160, videos_val=32)

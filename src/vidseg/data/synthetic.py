@@ -32,7 +32,7 @@ from vidseg.data.records import IGNORE_LABEL, Category, GroundTruthVideo, Point
 from vidseg.data.synthetic_scene import SHAPES, STUFF, SceneConfig, SyntheticScene, exemplar_point, make_scene
 
 GENERATOR_VERSION = 1  # bump when the output of a given seed changes (invalidates caches)
-FORMAT_VERSIONS = {"cityscapes_vps": 2}  # a format's own version when only its output changed (2: cls/ + inst/)
+FORMAT_VERSIONS = {"cityscapes_vps": 1}  # bumped when only that format's output changes (1: cls/ + inst/ added)
 SPLITS = ("train", "val")
 MANIFEST = "vidseg_synthetic.json"
 
@@ -221,7 +221,9 @@ def generate(fmt: str, out: Path, params: SyntheticParams | None = None, overwri
     for split in SPLITS:
         videos = make_split(fmt, split, params)
         module.write_ground_truth(out, split, videos, categories, **vocab.write_options)
-    manifest = {"format": fmt, "generator_version": generator_version(fmt), "params": asdict(params)}
+    versions = generator_version(fmt)
+    manifest = {"format": fmt, "generator_version": versions["v"], "format_version": versions.get("fv"),
+                "params": asdict(params)}  # fmt: skip
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     return out
 
@@ -232,9 +234,10 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "vidseg" / "synthetic"
 
 
-def generator_version(fmt: str) -> int:
-    """The version of `fmt`'s output: part of its cache key and manifest."""
-    return FORMAT_VERSIONS.get(fmt, GENERATOR_VERSION)
+def generator_version(fmt: str) -> dict[str, int]:
+    """The versions of `fmt`'s output, the generator's (`v`) and the format's own (`fv`, when it has one): part of
+    its cache key and manifest."""
+    return {"v": GENERATOR_VERSION, **({"fv": FORMAT_VERSIONS[fmt]} if fmt in FORMAT_VERSIONS else {})}
 
 
 def cache_key(fmt: str, params: SyntheticParams) -> str:
@@ -243,7 +246,7 @@ def cache_key(fmt: str, params: SyntheticParams) -> str:
         del fields["class_colours"]
     if params.object_counts is None:  # likewise
         del fields["object_counts"]
-    blob = json.dumps({"format": fmt, "v": generator_version(fmt), **fields}, sort_keys=True)
+    blob = json.dumps({"format": fmt, **generator_version(fmt), **fields}, sort_keys=True)
     return f"{fmt}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

@@ -92,16 +92,27 @@ def panoptic_map(cls_path: Path, inst_path: Path, size: tuple[int, int], table: 
     if objects.any():
         ids, obj = _dense_ids(inst[objects])
         code, code_colour = _colour_codes(colour[objects], slot[objects], known[objects], table)
-        counts = np.bincount(obj * len(code_colour) + code, minlength=len(ids) * len(code_colour))
-        counts = counts.reshape(len(ids), len(code_colour))
-        # each instance's most frequent raw colour (unknown colours count apart); ties: the smallest colour
-        tied = counts == counts.max(axis=1, keepdims=True)
-        majority = code_colour[np.argmin(np.where(tied, code_colour, np.iinfo(np.int64).max), axis=1)]
+        majority = _majority_colours(obj, code, code_colour, len(ids))
         m_slot = np.searchsorted(table.colours, majority).clip(max=len(table.colours) - 1)
         taken = (table.colours[m_slot] == majority) & table.is_thing[m_slot]
         value = table.category_ids[m_slot] * INSTANCE_BASE + ids % INSTANCE_BASE
         pan[objects] = np.where(taken[obj], value[obj], pan[objects])
     return pan
+
+
+def _majority_colours(obj: np.ndarray, code: np.ndarray, code_colour: np.ndarray, n: int) -> np.ndarray:
+    """Each of the `n` instances' most frequent raw colour (unknown colours count apart; ties: the smallest colour),
+    from a pixel's instance index `obj` and colour code `code`."""
+    pair = obj.astype(np.int64) * len(code_colour) + code
+    if n * len(code_colour) <= 4 * len(pair):  # a dense count table
+        counts = np.bincount(pair, minlength=n * len(code_colour)).reshape(n, len(code_colour))
+        tied = counts == counts.max(axis=1, keepdims=True)
+        return code_colour[np.argmin(np.where(tied, code_colour, np.iinfo(np.int64).max), axis=1)]
+    pairs, counts = np.unique(pair, return_counts=True)  # many colours (noisy PNGs): the pairs that occur
+    p_obj, p_colour = pairs // len(code_colour), code_colour[pairs % len(code_colour)]
+    order = np.lexsort((p_colour, -counts, p_obj))  # per instance: most pixels first, then the smallest colour
+    first = order[np.r_[True, p_obj[order][1:] != p_obj[order][:-1]]]
+    return p_colour[first]
 
 
 def _dense_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,10 +207,8 @@ def read_release(
     order = sorted(images, key=lambda i: cls_files[i].name)
     jobs = [(i, cls_files[i], inst_files[i], images[i][1:]) for i in order]
     key = {"root": str(root.resolve()), "split": split, "colours": [a.tolist() for a in table]}
-    cache = ScanCache("cityscapes_vps", key)
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        scans = cache.map(pool, partial(_scan, table=table), jobs, _label_pair)
-    cache.save()
+    with ScanCache("cityscapes_vps", key) as cache, ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        scans = cache.map(pool, partial(_scan, table=table), jobs, _label_pair, lambda job: list(job[3]))
     frames = [
         ReleaseFrame(i, *images[i], cls_files[i], inst_files[i], tuple(tids)) for i, tids in zip(order, scans)
     ]

@@ -178,13 +178,14 @@ def read(
     if not seqs:
         raise MissingFileError(f"{image_dir}: no sequence folders")
     videos = []
-    cache = ScanCache(FORMAT, {"root": str(root.resolve()), "split": split, "categories": [cids, things]})
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+    key = {"root": str(root.resolve()), "split": split, "categories": [cids, things]}
+    with ScanCache(FORMAT, key) as cache, ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         for seq in seqs:
             frames, index, (height, width) = frames_of_video(image_dir / seq, "sequence without frames")
             required = f"panoptic_maps folder of sequence {seq}" if require_annotations else None
             maps = label_files(pan_dir / seq, required, index, "panoptic map", image_dir / seq, ".*")
-            scans = cache.map(pool, partial(_scan, size=(height, width), cids=cids, things=things), maps, one_file)
+            scan = partial(_scan, size=(height, width), cids=cids, things=things)
+            scans = cache.map(pool, scan, maps, one_file, lambda _, size=[height, width]: size)
             decoder = partial(decode_panoptic_map, height=height, width=width, category_ids=cids, thing_ids=things)
             tracks, annotations = scanned_annotations(maps, scans, index, decoder, lambda t: split_track_id(t)[0])
             videos.append(
@@ -198,7 +199,6 @@ def read(
                     meta={"track_id_rule": "semantic << 16 | instance"},
                 )
             )
-    cache.save()
     return DatasetRecord(
         name=FORMAT, format=FORMAT, split=split, root=root, categories=cats, videos=videos,
         meta={"thing_ids": list(things), "label_bit_shift": LABEL_BIT_SHIFT},

@@ -24,7 +24,7 @@ from vidseg.data.formats.common import write_json_atomic
 
 SCAN_CACHE_ENV = "VIDSEG_SCAN_CACHE"
 _OFF = ("0", "off", "false", "no", "none")
-_VERSION = 1
+_VERSION = 2  # 2: entries hold the scan settings
 
 T = TypeVar("T")
 
@@ -46,6 +46,11 @@ def one_file(path: Path) -> tuple[Path]:
     return (path,)
 
 
+def _well_formed(entry: Any) -> bool:
+    """A cache entry: [content digest, scan settings (JSON text), result]."""
+    return isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], str)
+
+
 def file_digest(paths: Sequence[Path]) -> str:
     """BLAKE2b (128 bit) of the bytes of `paths`, in order, each preceded by its length."""
     h = hashlib.blake2b(digest_size=16)
@@ -58,8 +63,9 @@ def file_digest(paths: Sequence[Path]) -> str:
 
 class ScanCache:
     """Results of a scan function per label file (or group of files) of one dataset split, by content digest.
-    `key` names what the results depend on besides the files (the format, folder, split, vocabulary); results must
-    be JSON values that compare equal after a JSON round trip (lists, not tuples)."""
+    `key` names what the results depend on besides the files (the format, folder, split, vocabulary); a scan's own
+    arguments (the size the label must have) are part of each entry (`settings_of`). Results must be JSON values
+    that compare equal after a JSON round trip (lists, not tuples)."""
 
     def __init__(self, fmt: str, key: dict[str, Any]) -> None:
         folder = scan_cache_dir()
@@ -78,37 +84,54 @@ class ScanCache:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or data.get("key") != self._blob or not isinstance(data.get("files"), dict):
                 raise ValueError("not a scan cache of this dataset")
-            return data["files"]
         except (OSError, ValueError) as e:
             warnings.warn(f"{self.path}: unusable scan cache ({e}); every label file is decoded again",
                           ScanCacheWarning, stacklevel=3)  # fmt: skip
             return {}
+        entries = {name: e for name, e in data["files"].items() if _well_formed(e)}
+        if len(entries) != len(data["files"]):
+            warnings.warn(f"{self.path}: {len(data['files']) - len(entries)} malformed scan cache entries; their "
+                          "label files are decoded again", ScanCacheWarning, stacklevel=3)  # fmt: skip
+        return entries
 
     def map(
-        self, pool: Executor, scan: Callable[[Any], T], items: Sequence[Any], files_of: Callable[[Any], Sequence[Path]]
-    ) -> list[T]:  # fmt: skip
+        self,
+        pool: Executor,
+        scan: Callable[[Any], T],
+        items: Sequence[Any],
+        files_of: Callable[[Any], Sequence[Path]],
+        settings_of: Callable[[Any], Any] = lambda item: None,
+    ) -> list[T]:
         """[scan(item) for item in items], taken from the cache for items whose files (`files_of(item)`) have the
-        bytes they had when scanned; the others are scanned on `pool` (their errors propagate)."""
+        bytes, and whose scan the settings (`settings_of(item)`, a JSON value), they had when scanned; the others
+        are scanned on `pool` (their errors propagate)."""
         if self.path is None:
             return list(pool.map(scan, items))
         files = [tuple(Path(f) for f in files_of(item)) for item in items]
         names = ["|".join(str(f.resolve()) for f in group) for group in files]
+        settings = [json.dumps(settings_of(item), sort_keys=True) for item in items]
         digests = list(pool.map(file_digest, files))
         out: list[Any] = [None] * len(items)
         todo = []
-        for k, (name, digest) in enumerate(zip(names, digests, strict=True)):
+        for k, name in enumerate(names):
             entry = self._entries.get(name)
-            if entry is not None and entry[0] == digest:
-                out[k] = entry[1]
+            if entry is not None and entry[0] == digests[k] and entry[1] == settings[k]:
+                out[k] = entry[2]
             else:
                 todo.append(k)
         for k, result in zip(todo, pool.map(scan, [items[k] for k in todo]), strict=True):
             out[k] = result
-            self._entries[names[k]] = [digests[k], result]
+            self._entries[names[k]] = [digests[k], settings[k], result]
+            self._changed = True
         self.hits += len(items) - len(todo)
         self.misses += len(todo)
-        self._changed |= bool(todo)
         return out
+
+    def __enter__(self) -> ScanCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.save()  # also when a file failed: the results of the files scanned before it stay valid
 
     def save(self) -> None:
         """Write the cache when new results were added (atomically; a failure is a warning)."""

@@ -185,13 +185,14 @@ def read(
     if require_annotations is None:
         require_annotations = split != "test"
     videos = []
-    cache = ScanCache(FORMAT, {"root": str(root.resolve()), "split": split, "vocabulary": vocabulary})
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+    key = {"root": str(root.resolve()), "split": split, "vocabulary": vocabulary}
+    with ScanCache(FORMAT, key) as cache, ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         for name in read_split_list(root / f"{split}.txt"):
             frames, index, (height, width) = frames_of_video(root / "imgs" / name, "video without frames")
             required = f"panomasks folder of video {name}" if require_annotations else None
             masks = label_files(root / "panomasks" / name, required, index, "panomask", root / "imgs" / name, ".jpg")
-            found = cache.map(pool, partial(_scan_raw, size=(height, width), vocabulary=vocabulary), masks, one_file)
+            scan = partial(_scan_raw, size=(height, width), vocabulary=vocabulary)
+            found = cache.map(pool, scan, masks, one_file, lambda _, size=[height, width]: size)
             for mask, (_, erratum) in zip(masks, found):
                 if erratum:
                     _warn_erratum(mask, erratum)
@@ -209,7 +210,6 @@ def read(
                     meta={"file_names": {a.frame: a.label_map.name for a in annotations}},  # type: ignore[union-attr]
                 )
             )
-    cache.save()
     return DatasetRecord(name=FORMAT, format=FORMAT, split=split, root=root, categories=cats, videos=videos,
                          meta={"layout": "raw"})  # fmt: skip
 
