@@ -96,3 +96,13 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     if ((pairs[:, 0] == 0) != (pairs[:, 1] == 0)).any():
         return False
     return len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1]))
+
+
+def cityscapes_videos() -> list[GroundTruthVideo]:
+    """Two Cityscapes-vocabulary videos (train ids; things 11..18): v0 with person, car, rider and a car crowd box,
+    v1 with car and bus."""
+    road, building, sky, person, rider, car, bus = 0, 2, 10, 11, 12, 13, 15
+    return [
+        make_video("v0", (sky, road), {1: person, 2: car, 3: rider}, crowd_class=car, seed=3),
+        make_video("v1", (building, road), {1: car, 4: bus}, seed=4),
+    ]

@@ -7,7 +7,14 @@ import json
 import numpy as np
 import pytest
 from _gt_builders import edit_json
-from _panoptic_builders import crowd_mask, make_video, panoptic_prediction, same_partition, track_prediction
+from _panoptic_builders import (
+    cityscapes_videos,
+    crowd_mask,
+    make_video,
+    panoptic_prediction,
+    same_partition,
+    track_prediction,
+)
 from PIL import Image
 
 from vidseg.data.formats import cityscapes_vps, get_format
@@ -18,16 +25,9 @@ ROAD, BUILDING, SKY, PERSON, RIDER, CAR, BUS = 0, 2, 10, 11, 12, 13, 15
 THINGS = set(range(11, 19))
 
 
-def _videos():
-    return [
-        make_video("v0", (SKY, ROAD), {1: PERSON, 2: CAR, 3: RIDER}, crowd_class=CAR, seed=3),
-        make_video("v1", (BUILDING, ROAD), {1: CAR, 4: BUS}, seed=4),
-    ]
-
-
 @pytest.fixture
 def written(tmp_path):
-    videos = _videos()
+    videos = cityscapes_videos()
     mapping = cityscapes_vps.write_ground_truth(tmp_path, "val", videos, cityscapes_vps.default_categories())
     assert mapping == {"v0": "0001", "v1": "0002"}
     return tmp_path, videos
@@ -277,7 +277,7 @@ def test_prefixed_img_all_is_not_the_official_layout(written):
 def _test_split(tmp_path, keep_img=True):
     """The released test split: panoptic_im_test_city_vps.json (annotated frames, no annotations), test/img
     (fetched by fetch_city_images.py) and test/img_all + im_all_info_test_city_vps.json; no GT."""
-    videos = _videos()
+    videos = cityscapes_videos()
     cityscapes_vps.write_ground_truth(tmp_path, "test", videos, cityscapes_vps.default_categories())
     gt = tmp_path / "panoptic_gt_test_city_vps.json"
     edit_json(gt, lambda d: d.update(annotations=[], categories=[]), out=tmp_path / "panoptic_im_test_city_vps.json")

@@ -8,7 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
-from _panoptic_builders import crowd_mask, make_video, panoptic_prediction, same_partition
+from _panoptic_builders import cityscapes_videos, crowd_mask, make_video, panoptic_prediction, same_partition
 from PIL import Image
 
 from vidseg.data.formats import cityscapes_vps
@@ -20,17 +20,10 @@ THINGS = set(range(11, 19))
 FIRST = "0001_0000_synthetic_000001_000000"
 
 
-def _videos():
-    return [
-        make_video("v0", (SKY, ROAD), {1: PERSON, 2: CAR, 3: RIDER}, crowd_class=CAR, seed=3),
-        make_video("v1", (BUILDING, ROAD), {1: CAR, 4: BUS}, seed=4),
-    ]
-
-
 @pytest.fixture
 def released(tmp_path):
     """Both layouts of one split: the prepared panoptic_video + GT JSON, and the released cls/ + inst/."""
-    videos = _videos()
+    videos = cityscapes_videos()
     cats = cityscapes_vps.default_categories()
     cityscapes_vps.write_ground_truth(tmp_path, "val", videos, cats, release_labels=True)
     return tmp_path, videos
