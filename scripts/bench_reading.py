@@ -147,7 +147,8 @@ def main() -> None:
     print(json.dumps(results, indent=1))
     s, y, c = results["scan_cache"], results["ytvis"], results["cityscapes_release"]
     print(
-        f"VIPSeg raw, {s['masks']} 720p masks: cache off {s['cache_off_s']:.2f} s, first read {s['first_read_s']:.2f} s, "
+        f"VIPSeg raw, {s['masks']} 720p masks: cache off {s['cache_off_s']:.2f} s, "
+        f"first read {s['first_read_s']:.2f} s, "
         f"second {s['second_read_s']:.2f} s ({s['cache_off_s'] / s['second_read_s']:.0f}x)"
     )
     print(f"YouTube-VIS {y['json_mb']:.0f} MB JSON: read {y['read_s']:.1f} s, json.load alone {y['json_load_s']:.1f} s")
