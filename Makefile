@@ -27,9 +27,10 @@ format: ## ruff format + fix imports
 	$(BIN)/ruff check --fix --select I src tests scripts
 	$(BIN)/ruff format src tests scripts
 
-bench: ## Run the benchmark scripts (data, JPEG decoding, metrics, model, matcher, inference)
+bench: ## Run the benchmark scripts (data, JPEG decoding, annotation reading, metrics, model, matcher, inference)
 	$(BIN)/python scripts/bench_data.py
 	$(BIN)/python scripts/bench_jpeg.py
+	$(BIN)/python scripts/bench_reading.py
 	$(BIN)/python scripts/bench_metrics.py
 	$(BIN)/python scripts/bench_model.py
 	@if [ -f scripts/bench_matcher.py ]; then $(BIN)/python scripts/bench_matcher.py; fi
